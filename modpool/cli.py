@@ -1,0 +1,380 @@
+"""The `modpool` command: parses, calls the Python API, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ModpoolError
+
+app = typer.Typer(
+    help="Edit pretrained vision models with composable task modules: fine-tune one module "
+    "per task, add, negate and compose them, forget one exactly, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+state: dict = {}
+
+PoolOpt = Annotated[
+    Path, typer.Option("--pool", envvar="MODPOOL_POOL", help="Pool directory (env MODPOOL_POOL).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def _global(
+    pool: PoolOpt = Path("pool"),
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            envvar="MODPOOL_DATA_ROOT",
+            help="Where the standard benchmark data sets live (torchvision layouts or prepared "
+            "folders). Never downloaded.",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    state.update(pool=pool, data_root=data_root, progress=False if quiet else None)
+
+
+def _pool():
+    from .pool import Pool
+
+    return Pool(state["pool"], state["data_root"])
+
+
+def _emit(as_json: bool, payload, table: Table | None = None, note: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, default=str))
+        return
+    if table is not None:
+        out.print(table)
+    if note:
+        out.print(note)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+@app.command()
+def init(
+    base: Annotated[
+        str,
+        typer.Option(
+            help="Base model: 'offline' (EfficientNet-Lite0, ships in "
+            "a package), openclip:ARCH:TAG|FILE|none, timm:ARCH:WEIGHTS."
+        ),
+    ] = "offline",
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size for timm bases (default 64).")
+    ] = None,
+    head_shots: Annotated[
+        int, typer.Option(help="Examples per class for fitted linear heads (timm bases); 0 = all.")
+    ] = 10,
+) -> None:
+    """Create a pool for one base."""
+    from .pool import Pool
+
+    pool = Pool.create(state["pool"], base, image_size, head_shots, state["data_root"])
+    out.print(
+        f"created pool {pool.root} on {pool.config['base']} "
+        f"(fingerprint {pool.fingerprint[:12]}, {len(pool.manifest)} editable tensors)"
+    )
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List the modules and compositions in the pool."""
+    pool = _pool()
+    entries = pool.entries()
+    table = Table(title=f"{pool.root} — base {pool.config['base']}")
+    for col in ("name", "type", "kind", "mode", "task(s)", "created"):
+        table.add_column(col)
+    for e in entries:
+        tasks = ", ".join(e.meta.get("tasks") or [e.meta.get("task", "?")])
+        table.add_row(
+            e.name, e.type, e.kind, e.meta.get("mode", "?"), tasks, e.meta.get("created", "")
+        )
+    _emit(
+        as_json,
+        [{"name": e.name, **e.meta} for e in entries],
+        table,
+        None if entries else "the pool is empty: `modpool finetune --task mnist` makes a module",
+    )
+
+
+@app.command()
+def show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one module or composition: metadata, recipe, evaluations."""
+    pool = _pool()
+    entry = pool.entry(name)
+    evals = [r for r in pool.history() if r.get("target") == name]
+    table = Table(title=f"{name} ({entry.type})", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in entry.meta.items():
+        if key in ("recipe", "hparams", "metrics", "versions"):
+            value = json.dumps(value, sort_keys=True)
+        table.add_row(key, str(value))
+    for r in evals[-10:]:
+        table.add_row(f"eval {r['task']} ({r['split']})", _pct(r["accuracy"]))
+    _emit(as_json, {"name": name, **entry.meta, "evals": evals}, table)
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks modpool knows."""
+    from .tasks import known_tasks
+
+    out.print("offline (ship in packages): mnist, animals, digits")
+    out.print("standard (need --data-root): " + ", ".join(t for t in known_tasks()[3:-1]))
+    out.print("any image folder: folder:PATH with PATH/train/<class>/ and PATH/test/<class>/")
+
+
+@app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="Task to train on (see `modpool tasks`).")],
+    mode: Annotated[
+        str, typer.Option(help="nonlinear (ordinary) or tangent (linearised).")
+    ] = "nonlinear",
+    name: Annotated[str | None, typer.Option(help="Module name (default TASK-MODE).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (CLIP default 2000).")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Epochs instead of steps (offline default 2).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (CLIP 1e-5, offline 2e-5).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (CLIP 128, offline 32).")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option(help="Warm-up steps, or a fraction of steps if < 1.")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (0.1).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data order and training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    base: Annotated[
+        str | None, typer.Option(help="Base, when this command creates the pool.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the base on one task and store the change as a module."""
+    from .pool import Pool
+    from .train import defaults_for
+
+    pool = Pool.open_or_create(state["pool"], base, data_root=state["data_root"])
+    cfg = defaults_for(pool.base)
+    cfg.mode, cfg.seed, cfg.device = mode, seed, device
+    if steps is not None:
+        cfg.steps, cfg.epochs = steps, None
+    if epochs is not None:
+        cfg.epochs = epochs
+    for field, value in (("lr", lr), ("batch_size", batch_size), ("weight_decay", weight_decay)):
+        if value is not None:
+            setattr(cfg, field, value)
+    if warmup is not None:
+        cfg.warmup = warmup if warmup < 1 else int(warmup)
+    entry = pool.finetune(task, cfg, name, state["progress"])
+    m = entry.meta["metrics"]
+    _emit(
+        as_json,
+        {"name": entry.name, **entry.meta},
+        None,
+        f"stored module [bold]{entry.name}[/] ({entry.kind}, {entry.meta['task']}): "
+        f"{entry.meta['hparams']['steps_run']} steps in {m['seconds']:.0f}s, "
+        f"{m['images_per_second']:.0f} img/s, final train loss {m['train_loss']:.3f}",
+    )
+
+
+def _parse_coefs(
+    names: list[str], alpha: float | None, coef: list[str]
+) -> float | list[float] | None:
+    if not coef:
+        return alpha
+    given = {}
+    for item in coef:
+        key, sep, value = item.partition("=")
+        try:
+            given[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or key not in names:
+            raise ModpoolError(f"--coef expects NAME=NUMBER for a listed module, got {item!r}")
+    default = 1.0 if alpha is None else alpha
+    return [given.get(n, default) for n in names]
+
+
+def _composed(entry, as_json: bool) -> None:
+    recipe = entry.meta["recipe"]
+    parts = ", ".join(f"{i['alpha']:g}·{i['name']}" for i in recipe["ingredients"])
+    _emit(
+        as_json,
+        {"name": entry.name, **entry.meta},
+        None,
+        f"stored composition [bold]{entry.name}[/] ({entry.kind}) = {recipe['method']}({parts})",
+    )
+
+
+OutOpt = Annotated[str, typer.Option("--output", "-o", help="Name of the new composition.")]
+CoefOpt = Annotated[
+    list[str], typer.Option("--coef", help="Per-module coefficient NAME=VALUE (repeatable).")
+]
+
+
+@app.command()
+def add(
+    names: list[str],
+    output: OutOpt,
+    alpha: Annotated[float, typer.Option(help="Shared coefficient alpha.")] = 1.0,
+    coef: CoefOpt = [],
+    as_json: JsonOpt = False,
+) -> None:  # noqa: B006
+    """theta_0 + alpha * sum of the modules (task arithmetic)."""
+    _composed(_pool().compose(names, output, "sum", _parse_coefs(names, alpha, coef)), as_json)
+
+
+@app.command()
+def negate(
+    name: str,
+    output: OutOpt,
+    alpha: Annotated[float, typer.Option(help="How much to subtract.")] = 1.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """theta_0 - alpha * tau: remove a capability (forgetting by negation)."""
+    _composed(_pool().negate(name, output, alpha), as_json)
+
+
+@app.command()
+def compose(
+    names: list[str],
+    output: OutOpt,
+    method: Annotated[str, typer.Option(help="Merge method: sum or mean.")] = "sum",
+    alpha: Annotated[float | None, typer.Option(help="Shared coefficient (default 1).")] = None,
+    coef: CoefOpt = [],
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:  # noqa: B006
+    """Compose modules or compositions into one, by a named merge method."""
+    _composed(
+        _pool().compose(names, output, method, _parse_coefs(names, alpha, coef), seed=seed), as_json
+    )
+
+
+@app.command()
+def forget(name: str, as_json: JsonOpt = False) -> None:
+    """Remove a module and rebuild, exactly, every composition that used it (audit-logged)."""
+    report = _pool().forget(name)
+    lines = [f"forgot {name}"]
+    lines += [
+        f"  rebuilt {r['name']} from {', '.join(r['ingredients'])} "
+        f"({r['sha256_before'][:12]} -> {r['sha256_after'][:12]})"
+        for r in report.rebuilt
+    ]
+    lines += [f"  removed {c} (no ingredients left)" for c in report.removed]
+    _emit(as_json, asdict(report), None, "\n".join(lines))
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str, typer.Argument(help="'base', a module or a composition.")],
+    task: Annotated[
+        list[str], typer.Option("--task", help="Task (repeatable); default: the target's own.")
+    ] = [],  # noqa: B006
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recompute even if evaluated before.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-1 and normalised accuracy of the base, a module or a composition."""
+    rows = _pool().evaluate(target, task or None, split, state["progress"], not no_cache)
+    _emit(as_json, [asdict(r) for r in rows], accuracy_table(rows, f"{target} ({split})"))
+
+
+def accuracy_table(rows, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("target", "task", "accuracy %", "normalised %", "examples"):
+        table.add_column(col, justify="right" if "%" in col or col == "examples" else "left")
+    for r in rows:
+        table.add_row(r.target, r.task, _pct(r.accuracy), _pct(r.normalized), str(r.examples))
+    return table
+
+
+@app.command("import")
+def import_(
+    path: Path,
+    name: Annotated[str | None, typer.Option(help="Name in the pool.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a module or composition file into the pool (validated, same base only)."""
+    entry = _pool().import_file(path, name)
+    _emit(
+        as_json, {"name": entry.name, **entry.meta}, None, f"imported {entry.name} ({entry.type})"
+    )
+
+
+@app.command()
+def demo(
+    epochs: Annotated[float, typer.Option(help="Training epochs per module.")] = 1.0,
+    mode: Annotated[str, typer.Option(help="nonlinear or tangent.")] = "nonlinear",
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole workflow offline: fine-tune mnist, animals and digits modules on the embedded
+    base, compose them (alpha picked on validation), forget one, print the accuracy table."""
+    from .demo import run_demo
+
+    result = run_demo(
+        state["pool"],
+        epochs=epochs,
+        mode=mode,
+        show_progress=state["progress"],
+        log=lambda msg: out.print(msg) if not as_json else None,
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    out.print(demo_table(result))
+
+
+def demo_table(result: dict) -> Table:
+    tasks = result["tasks"]
+    table = Table(title="test accuracy % (normalised % in brackets)")
+    table.add_column("model")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for row in result["rows"]:
+        cells = []
+        for t in tasks:
+            acc, norm = row["accuracy"].get(t), row["normalized"].get(t)
+            cells.append("-" if acc is None else _pct(acc) + (f" ({_pct(norm)})" if norm else ""))
+        table.add_row(row["label"], *cells)
+    return table
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except ModpoolError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; the pool is unchanged by the unfinished step")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
