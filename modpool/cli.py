@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+out = Console(soft_wrap=True)
 state: dict = {}
 
 PoolOpt = Annotated[
@@ -230,7 +231,7 @@ def _composed(entry, as_json: bool) -> None:
 
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Name of the new composition.")]
 CoefOpt = Annotated[
-    list[str], typer.Option("--coef", help="Per-module coefficient NAME=VALUE (repeatable).")
+    list[str] | None, typer.Option("--coef", help="Per-module coefficient NAME=VALUE (repeatable).")
 ]
 
 
@@ -239,11 +240,13 @@ def add(
     names: list[str],
     output: OutOpt,
     alpha: Annotated[float, typer.Option(help="Shared coefficient alpha.")] = 1.0,
-    coef: CoefOpt = [],
+    coef: CoefOpt = None,
     as_json: JsonOpt = False,
-) -> None:  # noqa: B006
+) -> None:
     """theta_0 + alpha * sum of the modules (task arithmetic)."""
-    _composed(_pool().compose(names, output, "sum", _parse_coefs(names, alpha, coef)), as_json)
+    _composed(
+        _pool().compose(names, output, "sum", _parse_coefs(names, alpha, coef or [])), as_json
+    )
 
 
 @app.command()
@@ -263,13 +266,14 @@ def compose(
     output: OutOpt,
     method: Annotated[str, typer.Option(help="Merge method: sum or mean.")] = "sum",
     alpha: Annotated[float | None, typer.Option(help="Shared coefficient (default 1).")] = None,
-    coef: CoefOpt = [],
+    coef: CoefOpt = None,
     seed: int = 0,
     as_json: JsonOpt = False,
-) -> None:  # noqa: B006
+) -> None:
     """Compose modules or compositions into one, by a named merge method."""
     _composed(
-        _pool().compose(names, output, method, _parse_coefs(names, alpha, coef), seed=seed), as_json
+        _pool().compose(names, output, method, _parse_coefs(names, alpha, coef or []), seed=seed),
+        as_json,
     )
 
 
@@ -291,8 +295,9 @@ def forget(name: str, as_json: JsonOpt = False) -> None:
 def eval_(
     target: Annotated[str, typer.Argument(help="'base', a module or a composition.")],
     task: Annotated[
-        list[str], typer.Option("--task", help="Task (repeatable); default: the target's own.")
-    ] = [],  # noqa: B006
+        list[str] | None,
+        typer.Option("--task", help="Task (repeatable); default: the target's own."),
+    ] = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Recompute even if evaluated before.")
@@ -366,6 +371,7 @@ def demo_table(result: dict) -> Table:
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecations
     try:
         app()
     except ModpoolError as exc:

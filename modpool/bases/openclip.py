@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -55,7 +56,11 @@ class OpenCLIPBase(Base):
         hub_id = None
         if pretrained == "none":
             torch.manual_seed(0)  # random weights, reproducible: for tests and benchmarks only
-            model = open_clip.create_model(arch, pretrained=None)
+            logging.getLogger().disabled = True  # open_clip warns that no weights were loaded
+            try:
+                model = open_clip.create_model(arch, pretrained=None)
+            finally:
+                logging.getLogger().disabled = False
         elif Path(pretrained).exists():
             model = open_clip.create_model(arch, pretrained=pretrained)
         else:
