@@ -24,7 +24,7 @@ from .storage import atomic_write_bytes
 
 FORMAT = "modpool/1"
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-JSON_FIELDS = ("hparams", "metrics", "versions", "recipe", "lineage", "tasks")
+JSON_FIELDS = ("hparams", "metrics", "versions", "recipe", "lineage", "tasks", "search")
 REQUIRED_FIELDS = ("format", "type", "kind", "mode", "base", "base_fingerprint")
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 TORCH_DTYPE = {

@@ -218,20 +218,80 @@ def _parse_coefs(
     return [given.get(n, default) for n in names]
 
 
-def _composed(entry, as_json: bool) -> None:
+def _composed(entry, as_json: bool, rows=None, negation: bool = False) -> None:
     recipe = entry.meta["recipe"]
     parts = ", ".join(f"{i['alpha']:g}·{i['name']}" for i in recipe["ingredients"])
+    payload = {"name": entry.name, **entry.meta}
+    if not as_json and rows:
+        out.print(negate_table(rows) if negation else search_table(rows))
     _emit(
         as_json,
-        {"name": entry.name, **entry.meta},
+        payload,
         None,
         f"stored composition [bold]{entry.name}[/] ({entry.kind}) = {recipe['method']}({parts})",
     )
 
 
+def search_table(rows) -> Table:
+    tasks = list(rows[0].accuracy)
+    table = Table(title="alpha search (validation accuracy %, mean normalised %)")
+    table.add_column("alpha", justify="right")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    table.add_column("mean normalised", justify="right")
+    best = max(rows, key=lambda r: r.mean_normalized)
+    for r in rows:
+        style = "bold green" if r is best else None
+        table.add_row(
+            f"{r.alpha:g}",
+            *[_pct(r.accuracy[t]) for t in tasks],
+            _pct(r.mean_normalized),
+            style=style,
+        )
+    return table
+
+
+def negate_table(rows) -> Table:
+    table = Table(title="negation search (validation accuracy %)")
+    for col in ("alpha", "target", "control", "control kept", "allowed"):
+        table.add_column(col, justify="right")
+    allowed = [r for r in rows if r.allowed]
+    best = min(allowed, key=lambda r: (r.target_accuracy, -r.control_accuracy)) if allowed else None
+    for r in rows:
+        table.add_row(
+            f"{r.alpha:g}",
+            _pct(r.target_accuracy),
+            _pct(r.control_accuracy),
+            _pct(r.control_kept),
+            "yes" if r.allowed else "no",
+            style="bold green" if r is best else None,
+        )
+    return table
+
+
+def _grid(grid: str | None) -> list[float] | None:
+    if grid is None:
+        return None
+    try:
+        if ":" in grid:
+            start, stop, step = (float(x) for x in grid.split(":"))
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(x) for x in grid.split(",")]
+    except ValueError:
+        raise ModpoolError(
+            f"--grid takes START:STOP:STEP or comma-separated values, not {grid!r}"
+        ) from None
+
+
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Name of the new composition.")]
 CoefOpt = Annotated[
     list[str] | None, typer.Option("--coef", help="Per-module coefficient NAME=VALUE (repeatable).")
+]
+SearchOpt = Annotated[bool, typer.Option("--search", help="Pick alpha on the validation splits.")]
+GridOpt = Annotated[
+    str | None,
+    typer.Option(help="Alpha grid for --search: START:STOP:STEP or a,b,c (default 0:1:0.05)."),
 ]
 
 
@@ -241,12 +301,12 @@ def add(
     output: OutOpt,
     alpha: Annotated[float, typer.Option(help="Shared coefficient alpha.")] = 1.0,
     coef: CoefOpt = None,
+    search: SearchOpt = False,
+    grid: GridOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """theta_0 + alpha * sum of the modules (task arithmetic)."""
-    _composed(
-        _pool().compose(names, output, "sum", _parse_coefs(names, alpha, coef or [])), as_json
-    )
+    _compose(names, output, "sum", alpha, coef, {}, 0, search, grid, as_json)
 
 
 @app.command()
@@ -254,27 +314,98 @@ def negate(
     name: str,
     output: OutOpt,
     alpha: Annotated[float, typer.Option(help="How much to subtract.")] = 1.0,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search",
+            help="Pick the alpha that minimises the target's validation accuracy while "
+            "--control keeps --keep of the base's accuracy.",
+        ),
+    ] = False,
+    control: Annotated[str | None, typer.Option(help="Control task for --search.")] = None,
+    keep: Annotated[
+        float, typer.Option(help="Share of the base's control accuracy to keep.")
+    ] = 0.95,
+    grid: GridOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """theta_0 - alpha * tau: remove a capability (forgetting by negation)."""
-    _composed(_pool().negate(name, output, alpha), as_json)
+    pool = _pool()
+    if not search:
+        _composed(pool.negate(name, output, alpha), as_json)
+        return
+    if control is None:
+        raise ModpoolError("negate --search needs --control TASK (a task whose accuracy must stay)")
+    from .search import negate_searched
+
+    entry, rows = negate_searched(
+        pool, name, output, control, keep, _grid(grid), show_progress=state["progress"]
+    )
+    _composed(entry, as_json, rows, negation=True)
 
 
 @app.command()
 def compose(
     names: list[str],
     output: OutOpt,
-    method: Annotated[str, typer.Option(help="Merge method: sum or mean.")] = "sum",
+    method: Annotated[str, typer.Option(help="sum, mean, ties, dare or magnitude.")] = "sum",
     alpha: Annotated[float | None, typer.Option(help="Shared coefficient (default 1).")] = None,
     coef: CoefOpt = None,
-    seed: int = 0,
+    density: Annotated[
+        float | None,
+        typer.Option(help="ties/magnitude/dare+ties: fraction of each tau kept by magnitude."),
+    ] = None,
+    trim: Annotated[str | None, typer.Option(help="Trimming scope: tensor or global.")] = None,
+    sign: Annotated[str | None, typer.Option(help="ties sign election: mass or count.")] = None,
+    agg: Annotated[str | None, typer.Option(help="ties averaging: mean or sum.")] = None,
+    drop: Annotated[float | None, typer.Option(help="dare: drop probability p.")] = None,
+    dare_merge: Annotated[
+        str | None, typer.Option(help="dare: merge survivors by sum or ties.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed (dare masks); part of the recipe.")] = 0,
+    search: SearchOpt = False,
+    grid: GridOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compose modules or compositions into one, by a named merge method."""
-    _composed(
-        _pool().compose(names, output, method, _parse_coefs(names, alpha, coef or []), seed=seed),
+    params = {
+        "density": density,
+        "trim": trim,
+        "sign": sign,
+        "agg": agg,
+        "drop": drop,
+        "merge": dare_merge,
+    }
+    _compose(
+        names,
+        output,
+        method,
+        alpha,
+        coef,
+        {k: v for k, v in params.items() if v is not None},
+        seed,
+        search,
+        grid,
         as_json,
     )
+
+
+def _compose(names, output, method, alpha, coef, params, seed, search, grid, as_json) -> None:
+    pool = _pool()
+    if not search:
+        entry = pool.compose(
+            names, output, method, _parse_coefs(names, alpha, coef or []), params, seed
+        )
+        _composed(entry, as_json)
+        return
+    if coef:
+        raise ModpoolError("--search picks one shared alpha: drop --coef")
+    from .search import compose_searched
+
+    entry, rows = compose_searched(
+        pool, names, output, method, params, seed, _grid(grid), show_progress=state["progress"]
+    )
+    _composed(entry, as_json, rows)
 
 
 @app.command()
@@ -316,6 +447,38 @@ def accuracy_table(rows, title: str) -> Table:
     for r in rows:
         table.add_row(r.target, r.task, _pct(r.accuracy), _pct(r.normalized), str(r.examples))
     return table
+
+
+@app.command()
+def disentangle(
+    first: str,
+    second: str,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="PNG path (JSON beside it); default disentangle-A-B.png."
+        ),
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="Alpha grid for both axes (default -3:3:0.5).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    limit: Annotated[int | None, typer.Option(help="Use at most N examples per task.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Weight disentanglement error of two modules over an (alpha_1, alpha_2) grid, as a PNG
+    heat map and JSON."""
+    from .disentangle import disentanglement, save_map
+
+    result = disentanglement(_pool(), first, second, _grid(grid), split, limit, state["progress"])
+    png, js = save_map(result, output or Path(f"disentangle-{first}-{second}.png"))
+    _emit(
+        as_json,
+        {**result, "png": str(png), "json": str(js)},
+        None,
+        f"wrote {png} and {js} ({len(result['alphas'])}x{len(result['alphas'])} grid, "
+        f"{result['kind']})",
+    )
 
 
 @app.command("import")

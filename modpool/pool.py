@@ -427,8 +427,10 @@ class Pool:
         alpha: float | list[float] | None = None,
         params: dict | None = None,
         seed: int = 0,
+        search: dict | None = None,
     ) -> Entry:
-        """Compose modules (or compositions) into a new composition named `output`."""
+        """Compose modules (or compositions) into a new composition named `output`.
+        `search`, when given, is the alpha-search table kept with the composition."""
         if not names:
             raise ModpoolError("name at least one module to compose")
         if len(set(names)) != len(names):
@@ -442,18 +444,20 @@ class Pool:
         }
         with locked(self.root / ".lock"):
             self._require_new(output)
-            sha = self._build(output, recipe)
+            sha = self._build(output, recipe, {"search": search} if search else None)
             self._audit({"action": "compose", "name": output, "sha256": sha, "recipe": recipe})
         return self.entry(output)
 
     def add(self, names: list[str], output: str, alpha: float | list[float] = 1.0) -> Entry:
         return self.compose(names, output, "sum", alpha)
 
-    def negate(self, name: str, output: str, alpha: float = 1.0) -> Entry:
+    def negate(
+        self, name: str, output: str, alpha: float = 1.0, search: dict | None = None
+    ) -> Entry:
         """theta_0 - alpha * tau: remove a capability the base had."""
-        return self.compose([name], output, "sum", [-alpha])
+        return self.compose([name], output, "sum", [-alpha], search=search)
 
-    def _build(self, output: str, recipe: dict) -> str:
+    def _build(self, output: str, recipe: dict, extra_meta: dict | None = None) -> str:
         """Compute a composition from its recipe and write it; returns its sha256."""
         artifacts = [self.read(i["name"]) for i in recipe["ingredients"]]
         kinds = {a.kind for a in artifacts}
@@ -465,7 +469,8 @@ class Pool:
         for ingredient, artifact in zip(recipe["ingredients"], artifacts):
             ingredient["sha256"] = artifact.sha256
             ingredient["type"] = artifact.meta["type"]
-        method = get_method(recipe["method"], **recipe["params"])
+        method = get_method(recipe["method"], recipe["seed"], **recipe["params"])
+        recipe["params"] = method.recipe_params()
         delta = method.merge(
             [a.tensors for a in artifacts], [i["alpha"] for i in recipe["ingredients"]]
         )
@@ -483,6 +488,7 @@ class Pool:
             "seed": str(recipe["seed"]),
             "versions": versions(),
             "created": now(),
+            **(extra_meta or {}),
         }
         self._check_delta(delta, output)
         return save_artifact(self.root / "compositions" / f"{output}.safetensors", delta, meta)
@@ -615,19 +621,20 @@ class Pool:
         acc = accuracy(
             model, data, show_progress=show_progress, description=f"eval {target} on {task.name}"
         )
-        append_jsonl(
-            self.root / "evals.jsonl",
+        self.record_eval(
             {
-                "time": now(),
                 "target": target,
                 "sha256": sha,
                 "task": task.name,
                 "split": split,
                 "accuracy": acc,
                 "examples": len(data),
-            },
+            }
         )
         return acc, len(data), False
+
+    def record_eval(self, record: dict) -> None:
+        append_jsonl(self.root / "evals.jsonl", {"time": now(), **record})
 
     def _own_module(self, entry: Entry, task: str) -> str | None:
         """The module of `task` inside `entry` (itself for a module), for normalisation."""

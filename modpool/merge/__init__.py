@@ -1,13 +1,13 @@
 """Merge methods, one file each, registered by name (mergekit style).
 
 A method turns ingredient deltas and their user coefficients into one delta. It is a
-pure, deterministic function of its inputs, so a composition can always be rebuilt
-bit for bit from its recipe (this is what makes `forget` exact).
+pure, deterministic function of its inputs and seed, so a composition can always be
+rebuilt bit for bit from its recipe (this is what makes `forget` exact).
 """
 
 from __future__ import annotations
 
-from . import mean, sum  # noqa: E402,F401  (registration)
+from . import dare, magnitude, mean, sum, ties  # noqa: F401  (registration)
 from .base import REGISTRY, MergeMethod, get_method, register
 
 __all__ = ["REGISTRY", "MergeMethod", "get_method", "register"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -14,10 +15,32 @@ REGISTRY: dict[str, type[MergeMethod]] = {}
 
 
 class MergeMethod(ABC):
-    name: ClassVar[str]
+    """A named merge. `defaults` lists the parameters it accepts and their defaults;
+    `choices` restricts string parameters to named variants."""
 
-    def __init__(self, **params: Any):
-        self.params = params
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, seed: int = 0, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            allowed = ", ".join(self.defaults) or "none"
+            raise ModpoolError(
+                f"{self.name} takes no parameter {', '.join(sorted(unknown))} (it takes: {allowed})"
+            )
+        self.seed = seed
+        self.params = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
+        for key, allowed in self.choices.items():
+            if self.params[key] not in allowed:
+                raise ModpoolError(
+                    f"{self.name}: {key} must be one of {', '.join(allowed)}, "
+                    f"not {self.params[key]!r}"
+                )
+        self.validate()
+
+    def validate(self) -> None:  # noqa: B027  (optional hook)
+        """Check parameter ranges; raise ModpoolError."""
 
     @abstractmethod
     def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
@@ -32,17 +55,20 @@ def register(cls: type[MergeMethod]) -> type[MergeMethod]:
     return cls
 
 
-def get_method(name: str, **params: Any) -> MergeMethod:
+def get_method(name: str, seed: int = 0, **params: Any) -> MergeMethod:
     if name not in REGISTRY:
         raise ModpoolError(f"unknown merge method {name!r}: choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[name](**params)
+    return REGISTRY[name](seed=seed, **params)
+
+
+def names_of(deltas: list[Params]) -> list[str]:
+    return sorted(set().union(*deltas)) if deltas else []
 
 
 def weighted_sum(deltas: list[Params], weights: list[float]) -> Params:
     """sum_t w_t * tau_t in float32, accumulated in ingredient order (deterministic)."""
-    names = sorted(set().union(*deltas)) if deltas else []
     out: Params = {}
-    for name in names:
+    for name in names_of(deltas):
         total = None
         for delta, w in zip(deltas, weights):
             if name in delta:
@@ -50,3 +76,16 @@ def weighted_sum(deltas: list[Params], weights: list[float]) -> Params:
                 total = term if total is None else total + term
         out[name] = total
     return out
+
+
+def check_fraction(method: str, key: str, value: float, low_open: bool, high_open: bool) -> None:
+    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ModpoolError(f"{method}: {key} must be in {bounds}, got {value}")
+
+
+def tensor_seed(seed: int, index: int, name: str) -> int:
+    """A stable per-(ingredient, tensor) seed, independent of iteration order."""
+    digest = hashlib.sha256(f"{seed}|{index}|{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
