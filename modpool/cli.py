@@ -481,6 +481,56 @@ def disentangle(
     )
 
 
+@app.command()
+def export(
+    name: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
+) -> None:
+    """Write base + a nonlinear module/composition as plain weights (open_clip loads them with
+    create_model(arch, pretrained=FILE))."""
+    from .export import export_weights
+
+    path = export_weights(_pool(), name, output)
+    out.print(f"wrote {path}")
+
+
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Hugging Face token (default: HF_TOKEN or the cached login); never printed or stored."
+    ),
+]
+
+
+@app.command()
+def push(
+    name: str,
+    repo: Annotated[str, typer.Option(help="Hub repository USER/REPO (created if missing).")],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repository private.")
+    ] = False,
+    token: TokenOpt = None,
+    revision: Annotated[str | None, typer.Option(help="Branch to upload to.")] = None,
+) -> None:
+    """Upload a module or composition (with its ingredients) and a model card to the Hub."""
+    from .hub import push as push_
+
+    url = push_(_pool(), name, repo, private, token, revision)
+    out.print(f"pushed {name} to {url}")
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="USER/REPO[@REVISION], or a local snapshot folder.")],
+    token: TokenOpt = None,
+) -> None:
+    """Download a module or composition into the pool, refusing other bases and bad files."""
+    from .hub import pull as pull_
+
+    names = pull_(_pool(), ref, token)
+    out.print(f"imported {', '.join(names)}" if names else "nothing new: the pool has it all")
+
+
 @app.command("import")
 def import_(
     path: Path,
