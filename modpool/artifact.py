@@ -24,7 +24,7 @@ from .storage import atomic_write_bytes
 
 FORMAT = "modpool/1"
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-JSON_FIELDS = ("hparams", "metrics", "versions", "recipe", "lineage", "tasks", "search")
+JSON_FIELDS = ("hparams", "metrics", "versions", "recipe", "lineage", "tasks", "search", "fisher")
 REQUIRED_FIELDS = ("format", "type", "kind", "mode", "base", "base_fingerprint")
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 TORCH_DTYPE = {
@@ -36,6 +36,7 @@ TORCH_DTYPE = {
 DTYPE_NAME = {v: k for k, v in TORCH_DTYPE.items()}
 
 Manifest = dict[str, tuple[list[int], str]]
+EXTRA_PREFIX = "fisher/"  # per-parameter side tensors (a module's Fisher), same shapes
 
 
 @dataclass
@@ -177,7 +178,12 @@ def load_artifact_bytes(
                 f"{where}: tensor '{name}' contains NaN or infinite values; "
                 "the file is unusable (retrain the module or forget it)"
             )
-    return Artifact(tensors, meta, hashlib.sha256(data).hexdigest(), path)
+    extra = {
+        k.removeprefix(EXTRA_PREFIX): tensors.pop(k)
+        for k in list(tensors)
+        if k.startswith(EXTRA_PREFIX)
+    }
+    return Artifact(tensors, meta, hashlib.sha256(data).hexdigest(), path, extra)
 
 
 def _check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -195,6 +201,7 @@ def _check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _check_against_manifest(header: dict[str, dict], manifest: Manifest, where: str) -> None:
     for name, entry in header.items():
+        name = name.removeprefix(EXTRA_PREFIX)
         if name not in manifest:
             raise ModpoolError(f"{where}: tensor '{name}' is not a parameter of this pool's base")
         shape, _ = manifest[name]

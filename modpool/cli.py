@@ -126,12 +126,21 @@ def show(name: str, as_json: JsonOpt = False) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in entry.meta.items():
-        if key in ("recipe", "hparams", "metrics", "versions"):
+        if isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         table.add_row(key, str(value))
     for r in evals[-10:]:
         table.add_row(f"eval {r['task']} ({r['split']})", _pct(r["accuracy"]))
-    _emit(as_json, {"name": name, **entry.meta, "evals": evals}, table)
+    lineage = [
+        f"{f['name']}" + ("" if pool.exists(f["name"]) else " (forgotten)")
+        for f in entry.meta.get("lineage", {}).get("fisher_from", [])
+    ]
+    if lineage:
+        table.add_row("trained with the Fisher of", ", ".join(lineage))
+    used_by = pool.fisher_dependents(name)
+    if used_by:
+        table.add_row("its Fisher shaped", ", ".join(used_by))
+    _emit(as_json, {"name": name, **entry.meta, "evals": evals, "fisher_used_by": used_by}, table)
 
 
 @app.command()
@@ -148,7 +157,11 @@ def tasks() -> None:
 def finetune(
     task: Annotated[str, typer.Option(help="Task to train on (see `modpool tasks`).")],
     mode: Annotated[
-        str, typer.Option(help="nonlinear (ordinary) or tangent (linearised).")
+        str,
+        typer.Option(
+            help="nonlinear (ordinary), tangent (linearised), ita or iel (second-order, Fisher "
+            "penalty that keeps the module in the pretrained basin)."
+        ),
     ] = "nonlinear",
     name: Annotated[str | None, typer.Option(help="Module name (default TASK-MODE).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (CLIP default 2000).")] = None,
@@ -167,6 +180,33 @@ def finetune(
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (0.1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data order and training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    with_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            help="ita: modules whose Fisher forms the penalty; iel: modules of the "
+            "composition joined (repeatable; default: all eligible in the pool).",
+        ),
+    ] = None,
+    ita_strength: Annotated[
+        float | None, typer.Option(help="ita penalty strength a (default 1).")
+    ] = None,
+    iel_strength: Annotated[
+        float | None, typer.Option(help="iel penalty strength beta (default 20).")
+    ] = None,
+    fisher_samples: Annotated[
+        int, typer.Option(help="Labels sampled from the prediction per example for the Fisher.")
+    ] = 1,
+    fisher_exact: Annotated[
+        bool,
+        typer.Option(
+            "--fisher-exact", help="Exact Fisher: every class weighted by its probability."
+        ),
+    ] = False,
+    fisher_examples: Annotated[
+        int | None,
+        typer.Option(help="Use at most N training examples for the Fisher (default all)."),
+    ] = None,
     base: Annotated[
         str | None, typer.Option(help="Base, when this command creates the pool.")
     ] = None,
@@ -188,16 +228,33 @@ def finetune(
             setattr(cfg, field, value)
     if warmup is not None:
         cfg.warmup = warmup if warmup < 1 else int(warmup)
-    entry = pool.finetune(task, cfg, name, state["progress"])
+    if fisher_samples < 1:
+        raise ModpoolError("--fisher-samples must be at least 1")
+    cfg.strength = ita_strength if mode == "ita" else iel_strength if mode == "iel" else None
+    cfg.fisher_samples, cfg.fisher_exact, cfg.fisher_examples = (
+        fisher_samples,
+        fisher_exact,
+        fisher_examples,
+    )
+    entry = pool.finetune(task, cfg, name, state["progress"], with_)
     m = entry.meta["metrics"]
-    _emit(
-        as_json,
-        {"name": entry.name, **entry.meta},
-        None,
+    shaped = entry.meta.get("lineage", {}).get("fisher_from", [])
+    note = (
         f"stored module [bold]{entry.name}[/] ({entry.kind}, {entry.meta['task']}): "
         f"{entry.meta['hparams']['steps_run']} steps in {m['seconds']:.0f}s, "
-        f"{m['images_per_second']:.0f} img/s, final train loss {m['train_loss']:.3f}",
+        f"{m['images_per_second']:.0f} img/s, final train loss {m['train_loss']:.3f}"
     )
+    if "fisher" in entry.meta:
+        note += (
+            f"; Fisher over {entry.meta['fisher']['examples']} examples "
+            f"({entry.meta['fisher']['method']}, {entry.meta['fisher']['seconds']:.0f}s)"
+        )
+        note += (
+            f", penalty from {', '.join(f['name'] for f in shaped)}"
+            if shaped
+            else ", no penalty (first task)"
+        )
+    _emit(as_json, {"name": entry.name, **entry.meta}, None, note)
 
 
 def _parse_coefs(
@@ -419,6 +476,11 @@ def forget(name: str, as_json: JsonOpt = False) -> None:
         for r in report.rebuilt
     ]
     lines += [f"  removed {c} (no ingredients left)" for c in report.removed]
+    if report.fisher_used_by:
+        lines.append(
+            f"  note: {', '.join(report.fisher_used_by)} were trained with its Fisher "
+            "(they stay; `show` records it)"
+        )
     _emit(as_json, asdict(report), None, "\n".join(lines))
 
 

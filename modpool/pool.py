@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 from . import __version__
-from .artifact import Artifact, load_artifact, parse_header, read_metadata, save_artifact
+from .artifact import (
+    EXTRA_PREFIX,
+    Artifact,
+    load_artifact,
+    parse_header,
+    read_metadata,
+    save_artifact,
+)
 from .bases import DEFAULT_BASE, Base, fingerprint, load_base, manifest, resolve_spec
 from .errors import ModpoolError
 from .head import Head, fit_linear_head
@@ -117,6 +124,7 @@ class ForgetReport:
     forgotten: str
     rebuilt: list[dict] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    fisher_used_by: list[str] = field(default_factory=list)
 
 
 class Pool:
@@ -323,9 +331,15 @@ class Pool:
         seed: int = 0,
         metrics: dict | None = None,
         extra_meta: dict | None = None,
+        fisher: dict[str, torch.Tensor] | None = None,
     ) -> Entry:
-        """Store a module (a delta over the base image tower)."""
+        """Store a module (a delta over the base image tower), with its task's Fisher at the
+        base when given (bfloat16: half the bytes, float32's range)."""
         self._check_delta(delta, name)
+        tensors = {k: v.float() for k, v in delta.items()}
+        if fisher:
+            self._check_delta(fisher, name)
+            tensors |= {f"{EXTRA_PREFIX}{k}": v.to(torch.bfloat16) for k, v in fisher.items()}
         meta = {
             "type": "module",
             "kind": kind,
@@ -343,11 +357,7 @@ class Pool:
         }
         with locked(self.root / ".lock"):
             self._require_new(name)
-            sha = save_artifact(
-                self.root / "modules" / f"{name}.safetensors",
-                {k: v.float() for k, v in delta.items()},
-                meta,
-            )
+            sha = save_artifact(self.root / "modules" / f"{name}.safetensors", tensors, meta)
             self._audit(
                 {"action": "add-module", "name": name, "sha256": sha, "task": task, "kind": kind}
             )
@@ -388,18 +398,39 @@ class Pool:
         return self.entry(name)
 
     def finetune(
-        self, task_name: str, cfg=None, name: str | None = None, show_progress: bool | None = None
+        self,
+        task_name: str,
+        cfg=None,
+        name: str | None = None,
+        show_progress: bool | None = None,
+        with_modules: list[str] | None = None,
     ) -> Entry:
-        """Train a module for one task and store it; see `train.finetune`."""
-        from .train import defaults_for, finetune
+        """Train a module for one task and store it; see `train.finetune`. For ita and iel,
+        `with_modules` names the modules whose Fisher (ita) or composition (iel) shape it;
+        by default every eligible module in the pool (see second_order.py)."""
+        from .train import MODES, defaults_for, finetune
 
         cfg = cfg or defaults_for(self.base)
+        if cfg.mode not in MODES:
+            raise ModpoolError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
         task = self.task(task_name)
         name = name or default_module_name(task.name, cfg.mode)
         self._require_new(name)  # fail before hours of training, and again when saving
         head = self.head(task, show_progress)
+        plan = None
+        if cfg.mode in ("ita", "iel"):
+            from .second_order import plan as second_order_plan
+
+            plan = second_order_plan(self, task, head, cfg, with_modules, show_progress)
+        elif with_modules:
+            raise ModpoolError("--with is for the ita and iel modes")
         result = finetune(
-            self.base, head, task.load("train", self.base.image_size), cfg, show_progress
+            self.base,
+            head,
+            task.load("train", self.base.image_size),
+            cfg,
+            show_progress,
+            plan.penalty if plan else None,
         )
         metrics = {
             "train_loss": result.final_loss,
@@ -416,6 +447,8 @@ class Pool:
             cfg.to_dict() | {"steps_run": result.steps},
             cfg.seed,
             metrics,
+            extra_meta=_second_order_meta(plan),
+            fisher=plan.fisher.fisher if plan else None,
         )
 
     # ---- composing -------------------------------------------------------------------
@@ -499,7 +532,7 @@ class Pool:
         with locked(self.root / ".lock"):
             target = self.entry(name)
             target_sha = _sha(target.path)
-            report = ForgetReport(name)
+            report = ForgetReport(name, fisher_used_by=self.fisher_dependents(name))
             removed = {name}
             for entry in self._dependents_in_order(name):
                 recipe = entry.meta["recipe"]
@@ -532,9 +565,19 @@ class Pool:
                     "type": target.type,
                     "rebuilt": report.rebuilt,
                     "removed": report.removed,
+                    "fisher_used_by": report.fisher_used_by,
                 }
             )
         return report
+
+    def fisher_dependents(self, name: str) -> list[str]:
+        """Modules trained (ita/iel) with the Fisher of `name`; they keep working after
+        `name` is forgotten, but their training used its task's data."""
+        return [
+            e.name
+            for e in self.entries()
+            if any(f.get("name") == name for f in e.meta.get("lineage", {}).get("fisher_from", []))
+        ]
 
     def _dependents_in_order(self, name: str) -> list[Entry]:
         """Compositions that use `name` directly or through other compositions, each after
@@ -673,6 +716,18 @@ def few_shot_index(labels: torch.Tensor, num_classes: int, shots: int) -> torch.
 def default_module_name(task: str, mode: str) -> str:
     stem = Path(task.removeprefix("folder:")).name if task.startswith("folder:") else task
     return check_name(re.sub(r"[^A-Za-z0-9._-]", "-", f"{stem}-{mode}"))
+
+
+def _second_order_meta(plan) -> dict | None:
+    if plan is None:
+        return None
+    fisher = {
+        "examples": plan.fisher.examples,
+        "method": plan.fisher.method,
+        "seconds": plan.fisher.seconds,
+        "dtype": "bfloat16",
+    }
+    return {"fisher": fisher, "lineage": plan.lineage}
 
 
 def _kind_of(mode: str) -> str:

@@ -24,7 +24,7 @@ from .head import Head
 from .progress import bar
 from .tasks import batches
 
-MODES = ("nonlinear", "tangent")
+MODES = ("nonlinear", "tangent", "ita", "iel")
 
 
 @dataclass
@@ -41,6 +41,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
+    strength: float | None = None  # ita: a, iel: beta (defaults 1.0 and 20.0)
+    fisher_samples: int = 1
+    fisher_exact: bool = False
+    fisher_examples: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -90,16 +94,25 @@ class TrainResult:
     peak_memory_bytes: int | None = None
 
 
-def forward_features(mode: str, base: Base, theta: Params, params0: Params, x: torch.Tensor):
+def forward_features(
+    mode: str, base: Base, theta: Params, params0: Params, x: torch.Tensor, penalty=None
+):
     if mode == "tangent":
         return tangent_features(base.tower, params0, {n: theta[n] - params0[n] for n in theta}, x)
-    return nonlinear_features(base.tower, theta, x)
+    weights = penalty.weights(theta, params0) if penalty is not None else theta
+    return nonlinear_features(base.tower, weights, x)
 
 
 def finetune(
-    base: Base, head: Head, data: Dataset, cfg: TrainConfig, show_progress: bool | None = None
+    base: Base,
+    head: Head,
+    data: Dataset,
+    cfg: TrainConfig,
+    show_progress: bool | None = None,
+    penalty=None,
 ) -> TrainResult:
-    """Train one module; returns tau = theta - theta_0 (float32, on the CPU)."""
+    """Train one module; returns tau = theta - theta_0 (float32, on the CPU). `penalty`
+    (ita/iel, see second_order.py) is applied as a decoupled step before each AdamW step."""
     if cfg.mode not in MODES:
         raise ModpoolError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.lr <= 0 or cfg.batch_size < 1:
@@ -109,6 +122,7 @@ def finetune(
     device = resolve_device(cfg.device)
     base.tower.to(device)
     head = head.to(device)
+    penalty = penalty.to(device) if penalty is not None else None
     torch.manual_seed(cfg.seed)
     params0 = {n: p.detach() for n, p in base.trainable().items()}
     theta = {n: p.clone().requires_grad_(True) for n, p in params0.items()}
@@ -132,7 +146,7 @@ def finetune(
             images, labels = next(stream)
             x, y = base.prepare(images.to(device)), labels.to(device)
             with autocast:
-                logits = head(forward_features(cfg.mode, base, theta, params0, x))
+                logits = head(forward_features(cfg.mode, base, theta, params0, x, penalty))
                 loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 raise ModpoolError(
@@ -142,6 +156,8 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(theta.values(), cfg.grad_clip)
+            if penalty is not None:
+                penalty.step(theta, params0, lr_factor(step, warmup, steps))
             optimizer.step()
             schedule.step()
             seen += len(y)
