@@ -1,0 +1,111 @@
+"""Issue 3 benchmark: the four training modes as a pool grows, on the offline base.
+
+For each mode (nonlinear, tangent, ita, iel) three modules are trained one after another
+(mnist, animals, digits); reported: each module's single-task accuracy, the absolute and
+normalised accuracy of the composition of all three (mean, and sum at the best alpha on
+validation), what forgetting one module does to the other tasks, and the time of the
+Fisher pass relative to one training epoch. nonlinear and tangent modules are shared with
+offline_core.py's pool when it exists.
+
+    python benchmarks/offline_second_order.py [--epochs 1] [--fisher-examples 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import write
+
+from modpool import Pool
+from modpool.search import search_alpha
+from modpool.tasks import OFFLINE
+from modpool.train import defaults_for
+
+GRID = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+
+
+def train_all(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> list[str]:
+    names = []
+    for task in OFFLINE:
+        name = f"{task}-{mode}"
+        if not pool.exists(name):
+            cfg = defaults_for(pool.base)
+            cfg.mode, cfg.epochs, cfg.steps = mode, epochs, None
+            cfg.fisher_examples = fisher_examples
+            print(f"training {name}", flush=True)
+            pool.finetune(task, cfg, name, show_progress=False)
+        names.append(name)
+    return names
+
+
+def table(pool: Pool, target: str) -> dict:
+    rows = pool.evaluate(target, list(OFFLINE), "test", show_progress=False)
+    return {r.task: {"accuracy": r.accuracy, "normalized": r.normalized} for r in rows}
+
+
+def summary(rows: dict) -> dict:
+    accs = [v["accuracy"] for v in rows.values()]
+    norms = [v["normalized"] for v in rows.values() if v["normalized"] is not None]
+    return {"mean_accuracy": sum(accs) / len(accs),
+            "mean_normalized": sum(norms) / len(norms) if norms else None}
+
+
+def run_mode(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> dict:
+    names = train_all(pool, mode, epochs, fisher_examples)
+    cost = fisher_cost(pool, names) if mode in ("ita", "iel") else None
+    out = {"fisher_cost": cost, "modules": {n: table(pool, n)[n.rsplit("-", 1)[0]] for n in names}}
+    mean_name, sum_name = f"so-mean-{mode}", f"so-sum-{mode}"
+    for name in (mean_name, sum_name):
+        if pool.exists(name):
+            pool.forget(name)
+    pool.compose(names, mean_name, "mean")
+    alpha, _ = search_alpha(pool, names, GRID, show_progress=False)
+    pool.add(names, sum_name, alpha)
+    out["mean"] = {"tasks": table(pool, mean_name)} | summary(table(pool, mean_name))
+    out["sum"] = {"alpha": alpha, "tasks": table(pool, sum_name)} | summary(table(pool, sum_name))
+    # forget digits: both compositions are rebuilt from mnist and animals
+    report = pool.forget(names[-1])
+    out["forget_digits"] = {"rebuilt": [r["name"] for r in report.rebuilt],
+                            "mean": table(pool, mean_name), "sum": table(pool, sum_name)}
+    return out
+
+
+def fisher_cost(pool: Pool, names: list[str]) -> dict:
+    """Seconds per example of the Fisher pass vs of one training epoch."""
+    out = {}
+    for name in names:
+        meta = pool.entry(name).meta
+        task = meta["task"]
+        fisher = meta["fisher"]
+        per_example_fisher = fisher["seconds"] / fisher["examples"]
+        train = meta["metrics"]
+        per_example_train = 1.0 / train["images_per_second"]
+        train_examples = len(pool.task(task).load("train", pool.base.image_size))
+        out[name] = {"fisher_seconds": fisher["seconds"], "fisher_examples": fisher["examples"],
+                     "fisher_seconds_full_data_estimate": per_example_fisher * train_examples,
+                     "epoch_seconds": per_example_train * train_examples,
+                     "ratio_fisher_to_epoch": per_example_fisher / per_example_train}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--fisher-examples", type=int, default=1000)
+    parser.add_argument("--pool", type=Path, default=Path(__file__).parent / ".pools" / "core")
+    args = parser.parse_args()
+    pool = Pool.open_or_create(args.pool, "offline")
+    start = time.perf_counter()
+    result = {"epochs": args.epochs, "fisher_examples": args.fisher_examples, "modes": {}}
+    for mode in ("nonlinear", "tangent", "ita", "iel"):
+        result["modes"][mode] = run_mode(pool, mode, args.epochs, args.fisher_examples)
+        print(mode, result["modes"][mode]["mean"]["mean_normalized"],
+              result["modes"][mode]["sum"]["mean_normalized"], flush=True)
+    result["seconds"] = time.perf_counter() - start
+    write("offline_second_order", result)
+
+
+if __name__ == "__main__":
+    main()
