@@ -48,8 +48,9 @@ def main() -> None:
             if pool.exists(output):
                 pool.forget(output)
             grid = [g * 3 for g in GRID] if method == "mean" else GRID
-            entry, _ = compose_searched(pool, names, output, method, params, seed=0, grid=grid,
-                                        show_progress=False)
+            entry, _ = compose_searched(
+                pool, names, output, method, params, seed=0, grid=grid, show_progress=False
+            )
             tests = pool.evaluate(output, list(OFFLINE), "test", show_progress=False)
             rows[method] = {
                 "alpha": entry.meta["recipe"]["ingredients"][0]["alpha"],
@@ -63,13 +64,22 @@ def main() -> None:
         step = 6 / (args.map_grid - 1)
         alphas = [round(-3 + i * step, 4) for i in range(args.map_grid)]
         start = time.perf_counter()
-        dis = disentanglement(pool, f"mnist-{mode}", f"digits-{mode}", alphas, "val",
-                              args.map_limit, show_progress=False)
+        dis = disentanglement(
+            pool,
+            f"mnist-{mode}",
+            f"digits-{mode}",
+            alphas,
+            "val",
+            args.map_limit,
+            show_progress=False,
+        )
         png, _ = save_map(dis, DOCS / f"disentanglement-{mode}.png")
         errors = [v for row in dis["error"] for v in row]
-        rows["disentanglement"] = {"png": str(png.relative_to(DOCS.parent)),
-                                   "mean_error": sum(errors) / len(errors),
-                                   "seconds": time.perf_counter() - start}
+        rows["disentanglement"] = {
+            "png": str(png.relative_to(DOCS.parent)),
+            "mean_error": sum(errors) / len(errors),
+            "seconds": time.perf_counter() - start,
+        }
         result["modes"][mode] = rows
     write("offline_merging", result)
 

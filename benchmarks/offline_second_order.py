@@ -48,8 +48,10 @@ def table(pool: Pool, target: str) -> dict:
 def summary(rows: dict) -> dict:
     accs = [v["accuracy"] for v in rows.values()]
     norms = [v["normalized"] for v in rows.values() if v["normalized"] is not None]
-    return {"mean_accuracy": sum(accs) / len(accs),
-            "mean_normalized": sum(norms) / len(norms) if norms else None}
+    return {
+        "mean_accuracy": sum(accs) / len(accs),
+        "mean_normalized": sum(norms) / len(norms) if norms else None,
+    }
 
 
 def run_mode(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> dict:
@@ -67,8 +69,11 @@ def run_mode(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> dict
     out["sum"] = {"alpha": alpha, "tasks": table(pool, sum_name)} | summary(table(pool, sum_name))
     # forget digits: both compositions are rebuilt from mnist and animals
     report = pool.forget(names[-1])
-    out["forget_digits"] = {"rebuilt": [r["name"] for r in report.rebuilt],
-                            "mean": table(pool, mean_name), "sum": table(pool, sum_name)}
+    out["forget_digits"] = {
+        "rebuilt": [r["name"] for r in report.rebuilt],
+        "mean": table(pool, mean_name),
+        "sum": table(pool, sum_name),
+    }
     return out
 
 
@@ -83,10 +88,13 @@ def fisher_cost(pool: Pool, names: list[str]) -> dict:
         train = meta["metrics"]
         per_example_train = 1.0 / train["images_per_second"]
         train_examples = len(pool.task(task).load("train", pool.base.image_size))
-        out[name] = {"fisher_seconds": fisher["seconds"], "fisher_examples": fisher["examples"],
-                     "fisher_seconds_full_data_estimate": per_example_fisher * train_examples,
-                     "epoch_seconds": per_example_train * train_examples,
-                     "ratio_fisher_to_epoch": per_example_fisher / per_example_train}
+        out[name] = {
+            "fisher_seconds": fisher["seconds"],
+            "fisher_examples": fisher["examples"],
+            "fisher_seconds_full_data_estimate": per_example_fisher * train_examples,
+            "epoch_seconds": per_example_train * train_examples,
+            "ratio_fisher_to_epoch": per_example_fisher / per_example_train,
+        }
     return out
 
 
@@ -101,8 +109,12 @@ def main() -> None:
     result = {"epochs": args.epochs, "fisher_examples": args.fisher_examples, "modes": {}}
     for mode in ("nonlinear", "tangent", "ita", "iel"):
         result["modes"][mode] = run_mode(pool, mode, args.epochs, args.fisher_examples)
-        print(mode, result["modes"][mode]["mean"]["mean_normalized"],
-              result["modes"][mode]["sum"]["mean_normalized"], flush=True)
+        print(
+            mode,
+            result["modes"][mode]["mean"]["mean_normalized"],
+            result["modes"][mode]["sum"]["mean_normalized"],
+            flush=True,
+        )
     result["seconds"] = time.perf_counter() - start
     write("offline_second_order", result)
 

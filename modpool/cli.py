@@ -207,6 +207,19 @@ def finetune(
         int | None,
         typer.Option(help="Use at most N training examples for the Fisher (default all)."),
     ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Write a checkpoint every N steps (default: every 10% of the run, at least 50; "
+            "0 = never)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue an interrupted run of the same module from its checkpoint."
+        ),
+    ] = False,
     base: Annotated[
         str | None, typer.Option(help="Base, when this command creates the pool.")
     ] = None,
@@ -236,7 +249,7 @@ def finetune(
         fisher_exact,
         fisher_examples,
     )
-    entry = pool.finetune(task, cfg, name, state["progress"], with_)
+    entry = pool.finetune(task, cfg, name, state["progress"], with_, checkpoint_every, resume)
     m = entry.meta["metrics"]
     shaped = entry.meta.get("lineage", {}).get("fisher_from", [])
     note = (
@@ -541,6 +554,40 @@ def disentangle(
         f"wrote {png} and {js} ({len(result['alphas'])}x{len(result['alphas'])} grid, "
         f"{result['kind']})",
     )
+
+
+@app.command()
+def check(as_json: JsonOpt = False) -> None:
+    """Validate every file of the pool (headers, metadata, shapes, finite values,
+    fingerprints, recipes whose ingredients exist) and report each problem precisely."""
+    from .check import check_pool
+
+    report = check_pool(_pool())
+    for line in report.recovered:
+        Console(stderr=True).print(f"recovered: {line}")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "files": report.files,
+                    "recovered": report.recovered,
+                    "problems": [asdict(p) for p in report.problems],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        out.print(f"ok: {report.files} files checked, no problems")
+    else:
+        table = Table(title=f"{len(report.problems)} problem(s) in {report.files} files")
+        table.add_column("file")
+        table.add_column("problem")
+        for problem in report.problems:
+            table.add_row(problem.path, problem.message)
+        out.print(table)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

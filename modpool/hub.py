@@ -218,8 +218,7 @@ def pull(pool, ref: str, token: str | None = None) -> list[str]:
                 )
             continue
         plan.append((n, path))
-    for n, path in plan:
-        pool.import_file(path, n)
+    pool.import_many([(path, n) for n, path in plan])
     return [n for n, _ in plan]
 
 

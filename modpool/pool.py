@@ -15,10 +15,12 @@ Every write is atomic; changes happen under the pool lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,16 +33,18 @@ from .artifact import (
     EXTRA_PREFIX,
     Artifact,
     load_artifact,
+    load_artifact_bytes,
     parse_header,
     read_metadata,
-    save_artifact,
+    to_bytes,
 )
 from .bases import DEFAULT_BASE, Base, fingerprint, load_base, manifest, resolve_spec
 from .errors import ModpoolError
 from .head import Head, fit_linear_head
+from .journal import Transaction, pending, recover
 from .merge import get_method
 from .model import EditedModel
-from .storage import append_jsonl, atomic_write_bytes, atomic_write_json, locked, read_jsonl
+from .storage import append_jsonl, atomic_write_bytes, locked, read_jsonl
 from .tasks import Task, get_task
 
 POOL_FORMAT = "modpool-pool/1"
@@ -149,6 +153,10 @@ class Pool:
         self.manifest = {k: (v[0], v[1]) for k, v in self.config["manifest"].items()}
         self.fingerprint: str = self.config["fingerprint"]
         self._base: Base | None = None
+        self.recovered: list[str] = []
+        if pending(self.root):
+            with locked(self.root / ".lock"):
+                self.recovered = recover(self.root)
 
     # ---- creation and the base -------------------------------------------------------
     @classmethod
@@ -181,12 +189,19 @@ class Pool:
         for sub in ("heads", "modules", "compositions"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         with locked(root / ".lock"):
-            atomic_write_json(root / "pool.json", config)
+            txn = Transaction(root)
+            txn.write("pool.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+            txn.log(
+                {
+                    "time": now(),
+                    "action": "init",
+                    "base": config["base"],
+                    "fingerprint": config["fingerprint"],
+                }
+            )
+            txn.commit()
         pool = cls(root, data_root)
         pool._base = loaded
-        pool._audit(
-            {"action": "init", "base": config["base"], "fingerprint": config["fingerprint"]}
-        )
         return pool
 
     @classmethod
@@ -216,6 +231,7 @@ class Pool:
 
     # ---- listing and reading ---------------------------------------------------------
     def path_of(self, name: str) -> Path | None:
+        check_name(name)
         for sub in KINDS:
             path = self.root / sub / f"{name}.safetensors"
             if path.exists():
@@ -332,6 +348,7 @@ class Pool:
         metrics: dict | None = None,
         extra_meta: dict | None = None,
         fisher: dict[str, torch.Tensor] | None = None,
+        cleanup: list[str] | None = None,
     ) -> Entry:
         """Store a module (a delta over the base image tower), with its task's Fisher at the
         base when given (bfloat16: half the bytes, float32's range)."""
@@ -355,12 +372,22 @@ class Pool:
             "created": now(),
             **(extra_meta or {}),
         }
-        with locked(self.root / ".lock"):
+        data = to_bytes(tensors, meta)
+        with self.change() as txn:
             self._require_new(name)
-            sha = save_artifact(self.root / "modules" / f"{name}.safetensors", tensors, meta)
-            self._audit(
-                {"action": "add-module", "name": name, "sha256": sha, "task": task, "kind": kind}
+            txn.write(f"modules/{name}.safetensors", data)
+            txn.log(
+                {
+                    "time": now(),
+                    "action": "add-module",
+                    "name": name,
+                    "sha256": _digest(data),
+                    "task": task,
+                    "kind": kind,
+                }
             )
+            for extra in cleanup or []:
+                txn.delete(extra)
         return self.entry(name)
 
     def _check_delta(self, delta: dict[str, torch.Tensor], name: str) -> None:
@@ -380,22 +407,40 @@ class Pool:
     def import_file(self, path: Path | str, name: str | None = None) -> Entry:
         """Copy a module or composition file into the pool after validating it."""
         path = Path(path)
-        artifact = load_artifact(path, self.manifest, self.fingerprint)
+        load_artifact(path, self.manifest, self.fingerprint)
         name = name or path.stem
-        for ingredient in artifact.meta.get("recipe", {}).get("ingredients", []):
-            if not self.exists(ingredient["name"]):
-                raise ModpoolError(
-                    f"{path.name} is a composition of {ingredient['name']!r}, "
-                    "which this pool lacks: import its ingredients first"
-                )
-        sub = "modules" if artifact.meta["type"] == "module" else "compositions"
-        with locked(self.root / ".lock"):
-            self._require_new(name)
-            atomic_write_bytes(self.root / sub / f"{name}.safetensors", path.read_bytes())
-            self._audit(
-                {"action": "import", "name": name, "sha256": artifact.sha256, "source": str(path)}
-            )
+        self.import_many([(path, name)])
         return self.entry(name)
+
+    def import_many(self, files: list[tuple[Path, str]]) -> None:
+        """Import validated files in order, as one change: all of them or none."""
+        staged = []
+        for path, name in files:
+            data = Path(path).read_bytes()
+            artifact = load_artifact_bytes(data, Path(path).name, self.manifest, self.fingerprint)
+            check_name(name)
+            staged.append((path, name, data, artifact))
+        with self.change() as txn:
+            names = {n for _, n, _, _ in staged}
+            for path, name, data, artifact in staged:
+                self._require_new(name)
+                for ingredient in artifact.meta.get("recipe", {}).get("ingredients", []):
+                    if not self.exists(ingredient["name"]) and ingredient["name"] not in names:
+                        raise ModpoolError(
+                            f"{Path(path).name} is a composition of {ingredient['name']!r}, "
+                            "which this pool lacks: import its ingredients first"
+                        )
+                sub = "modules" if artifact.meta["type"] == "module" else "compositions"
+                txn.write(f"{sub}/{name}.safetensors", data)
+                txn.log(
+                    {
+                        "time": now(),
+                        "action": "import",
+                        "name": name,
+                        "sha256": artifact.sha256,
+                        "source": str(path),
+                    }
+                )
 
     def finetune(
         self,
@@ -404,11 +449,14 @@ class Pool:
         name: str | None = None,
         show_progress: bool | None = None,
         with_modules: list[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> Entry:
         """Train a module for one task and store it; see `train.finetune`. For ita and iel,
         `with_modules` names the modules whose Fisher (ita) or composition (iel) shape it;
         by default every eligible module in the pool (see second_order.py)."""
-        from .train import MODES, defaults_for, finetune
+        from .checkpoint import Checkpointer
+        from .train import MODES, defaults_for, finetune, total_steps
 
         cfg = cfg or defaults_for(self.base)
         if cfg.mode not in MODES:
@@ -424,13 +472,19 @@ class Pool:
             plan = second_order_plan(self, task, head, cfg, with_modules, show_progress)
         elif with_modules:
             raise ModpoolError("--with is for the ita and iel modes")
+        data = task.load("train", self.base.image_size)
+        steps = total_steps(cfg, len(data))
+        every = max(50, steps // 10) if checkpoint_every is None else checkpoint_every
+        ckpt_rel = f"checkpoints/{name}.safetensors"
+        checkpointer = Checkpointer(
+            self.root / ckpt_rel,
+            every,
+            cfg.to_dict() | {"task": task.name},
+            resume,
+            self.root / ".lock",
+        )
         result = finetune(
-            self.base,
-            head,
-            task.load("train", self.base.image_size),
-            cfg,
-            show_progress,
-            plan.penalty if plan else None,
+            self.base, head, data, cfg, show_progress, plan.penalty if plan else None, checkpointer
         )
         metrics = {
             "train_loss": result.final_loss,
@@ -449,6 +503,7 @@ class Pool:
             metrics,
             extra_meta=_second_order_meta(plan),
             fisher=plan.fisher.fisher if plan else None,
+            cleanup=[ckpt_rel] if (self.root / ckpt_rel).exists() else None,
         )
 
     # ---- composing -------------------------------------------------------------------
@@ -475,10 +530,19 @@ class Pool:
             "seed": seed,
             "ingredients": [{"name": n, "alpha": a} for n, a in zip(names, alphas)],
         }
-        with locked(self.root / ".lock"):
+        with self.change() as txn:
             self._require_new(output)
-            sha = self._build(output, recipe, {"search": search} if search else None)
-            self._audit({"action": "compose", "name": output, "sha256": sha, "recipe": recipe})
+            data = self._build(output, recipe, {"search": search} if search else None)
+            txn.write(f"compositions/{output}.safetensors", data)
+            txn.log(
+                {
+                    "time": now(),
+                    "action": "compose",
+                    "name": output,
+                    "sha256": _digest(data),
+                    "recipe": recipe,
+                }
+            )
         return self.entry(output)
 
     def add(self, names: list[str], output: str, alpha: float | list[float] = 1.0) -> Entry:
@@ -490,9 +554,17 @@ class Pool:
         """theta_0 - alpha * tau: remove a capability the base had."""
         return self.compose([name], output, "sum", [-alpha], search=search)
 
-    def _build(self, output: str, recipe: dict, extra_meta: dict | None = None) -> str:
-        """Compute a composition from its recipe and write it; returns its sha256."""
-        artifacts = [self.read(i["name"]) for i in recipe["ingredients"]]
+    def _build(
+        self,
+        output: str,
+        recipe: dict,
+        extra_meta: dict | None = None,
+        staged: dict[str, Artifact] | None = None,
+    ) -> bytes:
+        """Compute a composition from its recipe; returns the file's bytes. `staged` holds
+        ingredients rebuilt earlier in the same change, not yet on disk."""
+        staged = staged or {}
+        artifacts = [staged.get(i["name"]) or self.read(i["name"]) for i in recipe["ingredients"]]
         kinds = {a.kind for a in artifacts}
         if len(kinds) > 1:
             kinds_by = ", ".join(
@@ -524,16 +596,17 @@ class Pool:
             **(extra_meta or {}),
         }
         self._check_delta(delta, output)
-        return save_artifact(self.root / "compositions" / f"{output}.safetensors", delta, meta)
+        return to_bytes(delta, meta)
 
     # ---- forgetting ------------------------------------------------------------------
     def forget(self, name: str) -> ForgetReport:
         """Remove a module or composition and rebuild every composition that used it."""
-        with locked(self.root / ".lock"):
+        with self.change() as txn:
             target = self.entry(name)
             target_sha = _sha(target.path)
             report = ForgetReport(name, fisher_used_by=self.fisher_dependents(name))
             removed = {name}
+            staged: dict[str, Artifact] = {}
             for entry in self._dependents_in_order(name):
                 recipe = entry.meta["recipe"]
                 remaining = [i for i in recipe["ingredients"] if i["name"] not in removed]
@@ -546,7 +619,10 @@ class Pool:
                     **recipe,
                     "ingredients": [{"name": i["name"], "alpha": i["alpha"]} for i in remaining],
                 }
-                after = self._build(entry.name, new_recipe)
+                data = self._build(entry.name, new_recipe, staged=staged)
+                staged[entry.name] = load_artifact_bytes(data, entry.name)
+                txn.write(f"compositions/{entry.name}.safetensors", data)
+                after = _digest(data)
                 report.rebuilt.append(
                     {
                         "name": entry.name,
@@ -556,9 +632,10 @@ class Pool:
                     }
                 )
             for gone in [name, *report.removed]:
-                self.path_of(gone).unlink()
-            self._audit(
+                txn.delete(str(self.path_of(gone).relative_to(self.root)))
+            txn.log(
                 {
+                    "time": now(),
                     "action": "forget",
                     "name": name,
                     "sha256": target_sha,
@@ -697,8 +774,17 @@ class Pool:
     def audit_log(self) -> list[dict]:
         return read_jsonl(self.root / "audit.jsonl")
 
-    def _audit(self, record: dict) -> None:
-        append_jsonl(self.root / "audit.jsonl", {"time": now(), **record})
+    @contextlib.contextmanager
+    def change(self) -> Iterator[Transaction]:
+        """One crash-safe change of the pool, under its lock: all of it happens or none."""
+        with locked(self.root / ".lock"):
+            txn = Transaction(self.root)
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
 
 
 def few_shot_index(labels: torch.Tensor, num_classes: int, shots: int) -> torch.Tensor:
@@ -746,6 +832,10 @@ def _alphas(alpha: float | list[float] | None, count: int, method: str) -> list[
     if len(alpha) != count:
         raise ModpoolError(f"{len(alpha)} coefficients given for {count} modules")
     return [float(a) for a in alpha]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _sha(path: Path) -> str:

@@ -10,13 +10,29 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def _fsync_dir(directory: Path) -> None:
+def crash_point() -> None:
+    """Test hook: with MODPOOL_CRASH_AFTER=N the process SIGKILLs itself at the Nth durable
+    step (a file written, renamed or deleted), to prove every such point is safe."""
+    limit = os.environ.get("MODPOOL_CRASH_AFTER")
+    if limit is None:
+        return
+    global _steps
+    _steps += 1
+    if _steps >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_steps = 0
+
+
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -39,7 +55,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+    crash_point()
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
@@ -55,6 +72,7 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    crash_point()
 
 
 def read_jsonl(path: Path) -> list[dict]:

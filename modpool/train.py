@@ -10,6 +10,8 @@ is a pure weight delta and the JVP is well defined.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .bases import Base
+from .checkpoint import TrainState
 from .errors import ModpoolError
 from .forward import Params, nonlinear_features, tangent_features
 from .head import Head
@@ -110,6 +113,7 @@ def finetune(
     cfg: TrainConfig,
     show_progress: bool | None = None,
     penalty=None,
+    checkpoint=None,
 ) -> TrainResult:
     """Train one module; returns tau = theta - theta_0 (float32, on the CPU). `penalty`
     (ita/iel, see second_order.py) is applied as a decoupled step before each AdamW step."""
@@ -129,7 +133,11 @@ def finetune(
     steps = total_steps(cfg, len(data))
     warmup = int(cfg.warmup * steps) if isinstance(cfg.warmup, float) else int(cfg.warmup)
     optimizer = torch.optim.AdamW(theta.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    state = checkpoint.load() if checkpoint is not None else None
+    first = _restore(state, theta, optimizer, cfg.lr, device) if state else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, steps), last_epoch=first - 1
+    )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -138,11 +146,17 @@ def finetune(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stream = _endless(data, cfg.batch_size, cfg.seed)
-    loss_avg = acc_avg = 0.0
-    seen, start = 0, time.perf_counter()
-    stats = "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%} {task.fields[ips]:.0f} img/s"
-    with bar(f"finetune {cfg.mode}", steps, show_progress, stats) as update:
-        for step in range(steps):
+    for _ in range(first):  # the batches the interrupted run already used
+        next(stream)
+    stats = state.stats if state else {"loss_avg": 0.0, "acc_avg": 0.0, "seen": 0, "seconds": 0.0}
+    loss_avg, acc_avg, seen = stats["loss_avg"], stats["acc_avg"], stats["seen"]
+    start = time.perf_counter() - stats["seconds"]
+    stats_format = (
+        "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1%} {task.fields[ips]:.0f} img/s"
+    )
+    with bar(f"finetune {cfg.mode}", steps, show_progress, stats_format) as update:
+        update(first)
+        for step in range(first, steps):
             images, labels = next(stream)
             x, y = base.prepare(images.to(device)), labels.to(device)
             with autocast:
@@ -166,11 +180,56 @@ def finetune(
             acc = (logits.argmax(-1) == y).float().mean().item()
             acc_avg = weight * acc_avg + (1 - weight) * acc
             update(loss=loss_avg, acc=acc_avg, ips=seen / (time.perf_counter() - start))
+            if checkpoint is not None and checkpoint.due(step + 1, steps):
+                checkpoint.save(_state(step + 1, theta, optimizer, loss_avg, acc_avg, seen, start))
+            crash_at_step(step + 1)
     seconds = time.perf_counter() - start
     delta = {n: (theta[n] - params0[n]).detach().float().cpu() for n in theta}
     base.tower.to("cpu")
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return TrainResult(delta, steps, seconds, seen / seconds, loss_avg, acc_avg, peak)
+
+
+def _state(step, theta, optimizer, loss_avg, acc_avg, seen, start) -> TrainState:
+    moments = {k: {} for k in ("exp_avg", "exp_avg_sq")}
+    for name, p in theta.items():
+        for key in moments:
+            moments[key][name] = optimizer.state[p][key]
+    stats = {
+        "loss_avg": loss_avg,
+        "acc_avg": acc_avg,
+        "seen": seen,
+        "seconds": time.perf_counter() - start,
+    }
+    return TrainState(
+        step,
+        {n: p.detach() for n, p in theta.items()},
+        moments["exp_avg"],
+        moments["exp_avg_sq"],
+        stats,
+    )
+
+
+def _restore(state: TrainState, theta: Params, optimizer, lr: float, device) -> int:
+    """Put theta and AdamW's state back as they were after `state.step` steps."""
+    with torch.no_grad():
+        for name, p in theta.items():
+            p.copy_(state.theta[name].to(device))
+            optimizer.state[p] = {
+                "step": torch.tensor(float(state.step)),
+                "exp_avg": state.exp_avg[name].to(device).clone(),
+                "exp_avg_sq": state.exp_avg_sq[name].to(device).clone(),
+            }
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", lr)
+    return state.step
+
+
+def crash_at_step(step: int) -> None:
+    """Test hook: MODPOOL_CRASH_AT_STEP=N kills the process right after step N."""
+    target = os.environ.get("MODPOOL_CRASH_AT_STEP")
+    if target is not None and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _endless(data: Dataset, batch_size: int, seed: int):
