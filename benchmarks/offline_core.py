@@ -24,11 +24,12 @@ from modpool.train import defaults_for
 
 STEP_PROBE = """
 import json, time, torch
-from _common import rss_bytes, peak_rss_bytes
+from _common import peak_rss_bytes, reset_peak_rss, rss_bytes
 from modpool import Pool
 from modpool.train import TrainConfig, finetune
 pool = Pool({pool!r}); task = pool.task("mnist"); head = pool.head(task, show_progress=False)
 data = task.load("train", pool.base.image_size)
+reset_peak_rss()
 before = rss_bytes()
 cfg = TrainConfig(mode={mode!r}, steps={steps}, batch_size={batch}, warmup=1, lr=2e-5)
 result = finetune(pool.base, head, data, cfg, show_progress=False)
@@ -101,7 +102,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--pool", type=Path, default=Path(__file__).parent / ".pools" / "core")
     parser.add_argument("--fresh", action="store_true", help="delete the pool first")
+    parser.add_argument(
+        "--step-cost-only",
+        action="store_true",
+        help="re-measure only the step cost into the existing results",
+    )
     args = parser.parse_args()
+    if args.step_cost_only:
+        import json
+
+        from _common import RESULTS
+
+        result = json.loads((RESULTS / "offline_core.json").read_text())
+        result.pop("environment")
+        result["step_cost"] = step_costs(args.pool)
+        write("offline_core", result)
+        return
     if args.fresh and args.pool.exists():
         shutil.rmtree(args.pool)
     pool = Pool.open_or_create(args.pool, "offline")

@@ -214,6 +214,12 @@ def finetune(
             "0 = never)."
         ),
     ] = None,
+    accumulate: Annotated[
+        int,
+        typer.Option(
+            help="Gradient accumulation: micro-batches per step (the batch size stays global)."
+        ),
+    ] = 1,
     resume: Annotated[
         bool,
         typer.Option(
@@ -249,7 +255,10 @@ def finetune(
         fisher_exact,
         fisher_examples,
     )
+    cfg.accumulate = accumulate
     entry = pool.finetune(task, cfg, name, state["progress"], with_, checkpoint_every, resume)
+    if entry is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     m = entry.meta["metrics"]
     shaped = entry.meta.get("lineage", {}).get("fisher_from", [])
     note = (

@@ -451,11 +451,13 @@ class Pool:
         with_modules: list[str] | None = None,
         checkpoint_every: int | None = None,
         resume: bool = False,
-    ) -> Entry:
+    ) -> Entry | None:
         """Train a module for one task and store it; see `train.finetune`. For ita and iel,
         `with_modules` names the modules whose Fisher (ita) or composition (iel) shape it;
-        by default every eligible module in the pool (see second_order.py)."""
+        by default every eligible module in the pool (see second_order.py). Under torchrun
+        every rank trains and only rank 0 writes (and returns the entry)."""
         from .checkpoint import Checkpointer
+        from .distributed import world
         from .train import MODES, defaults_for, finetune, total_steps
 
         cfg = cfg or defaults_for(self.base)
@@ -464,7 +466,12 @@ class Pool:
         task = self.task(task_name)
         name = name or default_module_name(task.name, cfg.mode)
         self._require_new(name)  # fail before hours of training, and again when saving
-        head = self.head(task, show_progress)
+        world_ = world(cfg.device)
+        if world_.main:  # rank 0 builds and caches the head; the others read it
+            head = self.head(task, show_progress)
+        world_.barrier()
+        head = head if world_.main else self.head(task, False)
+        show_progress = show_progress if world_.main else False
         plan = None
         if cfg.mode in ("ita", "iel"):
             from .second_order import plan as second_order_plan
@@ -486,25 +493,30 @@ class Pool:
         result = finetune(
             self.base, head, data, cfg, show_progress, plan.penalty if plan else None, checkpointer
         )
+        if not world_.main:
+            world_.barrier()  # rank 0 is writing
+            return None
         metrics = {
             "train_loss": result.final_loss,
             "train_accuracy": result.train_accuracy,
             "seconds": result.seconds,
             "images_per_second": result.images_per_second,
         }
-        return self.save_module(
+        entry = self.save_module(
             name,
             result.delta,
             task.name,
             _kind_of(cfg.mode),
             cfg.mode,
-            cfg.to_dict() | {"steps_run": result.steps},
+            cfg.to_dict() | {"steps_run": result.steps, "world_size": world_.size},
             cfg.seed,
             metrics,
             extra_meta=_second_order_meta(plan),
             fisher=plan.fisher.fisher if plan else None,
             cleanup=[ckpt_rel] if (self.root / ckpt_rel).exists() else None,
         )
+        world_.barrier()
+        return entry
 
     # ---- composing -------------------------------------------------------------------
     def compose(

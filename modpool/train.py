@@ -9,6 +9,7 @@ is a pure weight delta and the JVP is well defined.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .bases import Base
 from .checkpoint import TrainState
+from .distributed import device_for, shard, world
 from .errors import ModpoolError
 from .forward import Params, nonlinear_features, tangent_features
 from .head import Head
@@ -48,6 +50,7 @@ class TrainConfig:
     fisher_samples: int = 1
     fisher_exact: bool = False
     fisher_examples: int | None = None
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -123,13 +126,29 @@ def finetune(
         raise ModpoolError("--lr must be positive and --batch-size at least 1")
     if len(data) == 0:
         raise ModpoolError("the training split is empty")
-    device = resolve_device(cfg.device)
+    if cfg.accumulate < 1:
+        raise ModpoolError("--accumulate must be at least 1")
+    world_ = world(cfg.device)
+    if cfg.batch_size < world_.size * cfg.accumulate:
+        raise ModpoolError(
+            f"--batch-size {cfg.batch_size} is smaller than processes x "
+            f"--accumulate ({world_.size} x {cfg.accumulate})"
+        )
+    device = resolve_device(device_for(world_, cfg.device))
     base.tower.to(device)
     head = head.to(device)
     penalty = penalty.to(device) if penalty is not None else None
     torch.manual_seed(cfg.seed)
     params0 = {n: p.detach() for n, p in base.trainable().items()}
-    theta = {n: p.clone().requires_grad_(True) for n, p in params0.items()}
+    trainable = Trainable(cfg.mode, base, params0, penalty)
+    theta = trainable.theta
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if world_.distributed
+        else trainable
+    )
     steps = total_steps(cfg, len(data))
     warmup = int(cfg.warmup * steps) if isinstance(cfg.warmup, float) else int(cfg.warmup)
     optimizer = torch.optim.AdamW(theta.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -158,29 +177,26 @@ def finetune(
         update(first)
         for step in range(first, steps):
             images, labels = next(stream)
-            x, y = base.prepare(images.to(device)), labels.to(device)
-            with autocast:
-                logits = head(forward_features(cfg.mode, base, theta, params0, x, penalty))
-                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss, correct, count = _accumulate_gradients(
+                ddp, base, head, images, labels, device, autocast, world_, cfg.accumulate
+            )
             if not torch.isfinite(loss):
                 raise ModpoolError(
                     f"training diverged at step {step} (loss {loss.item()}): "
                     "lower --lr; nothing was written"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(theta.values(), cfg.grad_clip)
             if penalty is not None:
                 penalty.step(theta, params0, lr_factor(step, warmup, steps))
             optimizer.step()
             schedule.step()
-            seen += len(y)
+            seen += len(labels)
             weight = 0.9 if step else 0.0
             loss_avg = weight * loss_avg + (1 - weight) * loss.item()
-            acc = (logits.argmax(-1) == y).float().mean().item()
-            acc_avg = weight * acc_avg + (1 - weight) * acc
+            acc_avg = weight * acc_avg + (1 - weight) * correct / max(1, count)
             update(loss=loss_avg, acc=acc_avg, ips=seen / (time.perf_counter() - start))
-            if checkpoint is not None and checkpoint.due(step + 1, steps):
+            if checkpoint is not None and world_.main and checkpoint.due(step + 1, steps):
                 checkpoint.save(_state(step + 1, theta, optimizer, loss_avg, acc_avg, seen, start))
             crash_at_step(step + 1)
     seconds = time.perf_counter() - start
@@ -188,6 +204,47 @@ def finetune(
     base.tower.to("cpu")
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return TrainResult(delta, steps, seconds, seen / seconds, loss_avg, acc_avg, peak)
+
+
+class Trainable(torch.nn.Module):
+    """theta as parameters (what DDP synchronises); forward gives image features in the
+    mode's forward. Parameter names hold dots, so they live in a list beside `names`."""
+
+    def __init__(self, mode: str, base: Base, params0: Params, penalty=None):
+        super().__init__()
+        self.mode, self.base, self.params0, self.penalty = mode, base, params0, penalty
+        self.names = list(params0)
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(params0[n].clone()) for n in self.names]
+        )
+
+    @property
+    def theta(self) -> Params:
+        return dict(zip(self.names, self.weights))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward_features(self.mode, self.base, self.theta, self.params0, x, self.penalty)
+
+
+def _accumulate_gradients(ddp, base, head, images, labels, device, autocast, world_, accumulate):
+    """Backward over this rank's micro-batches of the global batch. Each micro-batch loss is
+    its summed cross-entropy / global batch size * world size, so DDP's gradient average is
+    exactly the gradient of the global batch's mean loss."""
+    total = len(labels)
+    parts = shard(total, world_, accumulate)
+    loss_sum, correct, count = torch.zeros((), device=device), 0, 0
+    for i, index in enumerate(parts):
+        x, y = base.prepare(images[index].to(device)), labels[index].to(device)
+        sync = i == len(parts) - 1 or not world_.distributed
+        context = contextlib.nullcontext() if sync else ddp.no_sync()
+        with context, autocast:
+            logits = head(ddp(x))
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            (loss * (world_.size / total)).backward()
+        loss_sum += loss.detach()
+        correct += int((logits.argmax(-1) == y).sum())
+        count += len(y)
+    return loss_sum / max(1, count), correct, count
 
 
 def _state(step, theta, optimizer, loss_avg, acc_avg, seen, start) -> TrainState:

@@ -341,3 +341,78 @@ def test_check_reports_problems_precisely(pristine, tmp_path, capsys):
     assert ("modules/m2.safetensors", "m2.safetensors") in problems
     assert any(p == "compositions/nested.safetensors" for p, _ in problems)  # ingredient broken
     assert ("compositions/notes.txt", "unexpected file in the pool") in problems
+
+
+# ---- data-parallel training -------------------------------------------------------------
+
+
+def _relative_gap(a: dict, b: dict) -> float:
+    num = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
+    return (num / sum((a[k] ** 2).sum() for k in a).sqrt()).item()
+
+
+@pytest.mark.parametrize("mode", ["nonlinear", "tangent"])
+def test_two_processes_match_one(pristine, tmp_path, mode):
+    root = tmp_path / "pool"
+    shutil.copytree(pristine, root)
+    args = [
+        "finetune",
+        "--task",
+        "digits",
+        "--mode",
+        mode,
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--warmup",
+        "1",
+        "--lr",
+        "1e-3",
+    ]
+    assert modpool(root, *args, "--name", "one").returncode == 0
+    assert modpool(root, *args, "--name", "acc", "--accumulate", "4").returncode == 0
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "modpool",
+            "--pool",
+            str(root),
+            *args,
+            "--name",
+            "two",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    pool = Pool(root)
+    one = pool.read("one").tensors
+    assert pool.read("two").meta["hparams"]["world_size"] == 2
+    assert _relative_gap(one, pool.read("two").tensors) < 1e-3  # float tolerance under Adam
+    assert _relative_gap(one, pool.read("acc").tensors) < 1e-3
+    assert [r["action"] for r in pool.audit_log()].count("add-module") == 3 + 3  # rank 0 only
+
+
+def test_modules_trained_in_separate_pools_come_together(tmp_path, capsys):
+    """Two machines, one base: copy the module files over, import, compose."""
+    pools = []
+    for task in ("digits", "mnist"):
+        pool = Pool.create(tmp_path / task, "tiny-clip")
+        pool.save_module(f"{task}-m", random_delta(pool, len(task)), task, "nonlinear")
+        pools.append(pool)
+    hub = Pool.create(tmp_path / "hub", "tiny-clip")
+    for pool in pools:
+        for entry in pool.entries():
+            code, _, err = run_cli(["--pool", str(hub.root), "import", str(entry.path)], capsys)
+            assert code == 0, err
+    hub.compose(["digits-m", "mnist-m"], "both", "mean")
+    assert hub.read("both").meta["tasks"] == ["digits", "mnist"]
+    assert check_pool(hub).ok
