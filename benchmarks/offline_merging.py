@@ -47,7 +47,7 @@ def main() -> None:
             start = time.perf_counter()
             if pool.exists(output):
                 pool.forget(output)
-            grid = [g * 3 for g in GRID] if method == "mean" else GRID
+            grid = [round(g * 3, 4) for g in GRID] if method == "mean" else GRID
             entry, _ = compose_searched(
                 pool, names, output, method, params, seed=0, grid=grid, show_progress=False
             )

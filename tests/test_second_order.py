@@ -11,7 +11,7 @@ from modpool.second_order import Penalty
 from modpool.tasks.task import take
 from modpool.train import TrainConfig
 
-FAST = dict(steps=3, epochs=None, batch_size=8, warmup=1, lr=1e-3)
+FAST = dict(steps=3, epochs=None, batch_size=8, warmup=1, lr=1e-3, fisher_examples=24)
 
 
 def _small(seed):
@@ -168,7 +168,7 @@ def test_cli_second_order_workflow(clip_pool, capsys):
 
 @pytest.mark.parametrize("mode", ["ita", "iel"])
 def test_offline_base_second_order(offline_pool, mode):
-    cfg = TrainConfig(mode=mode, fisher_examples=32, **{**FAST, "lr": 2e-5})
+    cfg = TrainConfig(mode=mode, **{**FAST, "lr": 2e-5})
     offline_pool.finetune("digits", cfg, "first")
     offline_pool.finetune("digits", cfg, "second")
     assert offline_pool.read("second").meta["lineage"]["fisher_from"][0]["name"] == "first"
