@@ -18,9 +18,9 @@ from pathlib import Path
 from _common import run_isolated, write
 
 from modpool import Pool
+from modpool.demo import ensure_modules
 from modpool.search import DEFAULT_GRID, search_alpha
 from modpool.tasks import OFFLINE
-from modpool.train import defaults_for
 
 STEP_PROBE = """
 import json, time, torch
@@ -59,15 +59,7 @@ def accuracy_table(pool: Pool, target: str) -> dict:
 
 
 def run_mode(pool: Pool, mode: str, epochs: float) -> dict:
-    names = []
-    for task in OFFLINE:
-        name = f"{task}-{mode}"
-        if not pool.exists(name):
-            cfg = defaults_for(pool.base)
-            cfg.mode, cfg.epochs, cfg.steps = mode, epochs, None
-            print(f"training {name}")
-            pool.finetune(task, cfg, name, show_progress=False)
-        names.append(name)
+    names = ensure_modules(pool, OFFLINE, mode, epochs, show_progress=False)
     modules = {n: accuracy_table(pool, n) for n in names}
     start = time.perf_counter()
     alpha, table = search_alpha(pool, names, DEFAULT_GRID, show_progress=False)

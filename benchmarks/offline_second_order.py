@@ -19,25 +19,11 @@ from pathlib import Path
 from _common import write
 
 from modpool import Pool
+from modpool.demo import ensure_modules
 from modpool.search import search_alpha
 from modpool.tasks import OFFLINE
-from modpool.train import defaults_for
 
 GRID = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
-
-
-def train_all(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> list[str]:
-    names = []
-    for task in OFFLINE:
-        name = f"{task}-{mode}"
-        if not pool.exists(name):
-            cfg = defaults_for(pool.base)
-            cfg.mode, cfg.epochs, cfg.steps = mode, epochs, None
-            cfg.fisher_examples = fisher_examples
-            print(f"training {name}", flush=True)
-            pool.finetune(task, cfg, name, show_progress=False)
-        names.append(name)
-    return names
 
 
 def table(pool: Pool, target: str) -> dict:
@@ -55,7 +41,9 @@ def summary(rows: dict) -> dict:
 
 
 def run_mode(pool: Pool, mode: str, epochs: float, fisher_examples: int) -> dict:
-    names = train_all(pool, mode, epochs, fisher_examples)
+    names = ensure_modules(
+        pool, OFFLINE, mode, epochs, show_progress=False, fisher_examples=fisher_examples
+    )
     cost = fisher_cost(pool, names) if mode in ("ita", "iel") else None
     out = {"fisher_cost": cost, "modules": {n: table(pool, n)[n.rsplit("-", 1)[0]] for n in names}}
     mean_name, sum_name = f"so-mean-{mode}", f"so-sum-{mode}"

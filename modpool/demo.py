@@ -24,15 +24,7 @@ def run_demo(
     forget one, and report test accuracy of every step."""
     pool = Pool.open_or_create(pool_path, "offline")
     log(f"pool {pool.root} on base {pool.config['base']}")
-    names = []
-    for task in OFFLINE:
-        name = f"{task}-{mode}"
-        if not pool.exists(name):
-            cfg = defaults_for(pool.base)
-            cfg.mode, cfg.epochs, cfg.steps = mode, epochs, None
-            log(f"fine-tuning {name} ({epochs:g} epoch(s))")
-            pool.finetune(task, cfg, name, show_progress)
-        names.append(name)
+    names = ensure_modules(pool, OFFLINE, mode, epochs, show_progress, log)
     alpha, _ = search_alpha(pool, names, DEMO_GRID, show_progress=show_progress)
     log(f"alpha picked on validation: {alpha:g}")
     composition = f"all-{mode}"
@@ -53,6 +45,32 @@ def run_demo(
         "rows": rows,
         "forgotten": forgotten,
     }
+
+
+def ensure_modules(
+    pool: Pool,
+    tasks,
+    mode: str,
+    epochs: float,
+    show_progress: bool | None = None,
+    log: Callable[[str], None] = print,
+    **settings,
+) -> list[str]:
+    """One module TASK-MODE per task, trained with the base's defaults for `epochs` unless
+    the pool has it already (so an interrupted demo or benchmark picks up where it was).
+    `settings` override TrainConfig fields (fisher_examples, say)."""
+    names = []
+    for task in tasks:
+        name = f"{task}-{mode}"
+        if not pool.exists(name):
+            cfg = defaults_for(pool.base)
+            cfg.mode, cfg.epochs, cfg.steps = mode, epochs, None
+            for key, value in settings.items():
+                setattr(cfg, key, value)
+            log(f"fine-tuning {name} ({epochs:g} epoch(s))")
+            pool.finetune(task, cfg, name, show_progress)
+        names.append(name)
+    return names
 
 
 def _row(pool: Pool, label: str, target: str, tasks: list[str]) -> dict:
