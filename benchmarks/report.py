@@ -1,6 +1,6 @@
 """Summarise benchmarks/results/*.json as docs/results.md (tables of the measured figures).
 
-    python benchmarks/report.py
+python benchmarks/report.py
 """
 
 from __future__ import annotations
@@ -24,69 +24,103 @@ def load(name: str) -> dict | None:
 
 def core(r: dict) -> list[str]:
     env = r["environment"]
-    out = ["## Core loop (issue 2): `benchmarks/offline_core.py`", "",
-           f"Offline base (EfficientNet-Lite0, 64 px, heads fitted on {r['head_shots']} examples per "
-           f"class), {r['epochs']:g} epoch per module, {env['cores']} CPU cores ({env['cpu']}), "
-           f"torch {env['versions']['torch']}. Test accuracy %, normalised % in brackets.", "",
-           "| model | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS),
-           "| base | " + " | ".join(pct(r["base_accuracy"][t]) for t in TASKS) + " |"]
+    out = [
+        "## Core loop (issue 2): `benchmarks/offline_core.py`",
+        "",
+        f"Offline base (EfficientNet-Lite0, 64 px, heads fitted on {r['head_shots']} examples per "
+        f"class), {r['epochs']:g} epoch per module, {env['cores']} CPU cores ({env['cpu']}), "
+        f"torch {env['versions']['torch']}. Test accuracy %, normalised % in brackets.",
+        "",
+        "| model | " + " | ".join(TASKS) + " |",
+        "|---|" + "---|" * len(TASKS),
+        "| base | " + " | ".join(pct(r["base_accuracy"][t]) for t in TASKS) + " |",
+    ]
     for mode in ("nonlinear", "tangent"):
         m = r[mode]
         for name, row in m["modules"].items():
             out.append(f"| {name} | " + " | ".join(pct(row[t]["accuracy"]) for t in TASKS) + " |")
         add = m["add_all"]
-        out.append(f"| add all, {mode}, alpha {m['alpha_search']['best_alpha']:g} (val) | "
-                   + " | ".join(f"{pct(add[t]['accuracy'])} ({pct(add[t]['normalized'])})"
-                                for t in TASKS) + " |")
+        out.append(
+            f"| add all, {mode}, alpha {m['alpha_search']['best_alpha']:g} (val) | "
+            + " | ".join(f"{pct(add[t]['accuracy'])} ({pct(add[t]['normalized'])})" for t in TASKS)
+            + " |"
+        )
         for name, row in m["negate_alpha_1"].items():
-            out.append(f"| negate {name} (alpha 1) | "
-                       + " | ".join(pct(row[t]["accuracy"]) for t in TASKS) + " |")
+            out.append(
+                f"| negate {name} (alpha 1) | "
+                + " | ".join(pct(row[t]["accuracy"]) for t in TASKS)
+                + " |"
+            )
     cost = r["step_cost"]
-    out += ["", f"Training step (batch {cost['batch_size']}): nonlinear "
-            f"{cost['nonlinear']['seconds_per_step']:.3f} s, tangent "
-            f"{cost['tangent']['seconds_per_step']:.3f} s: **{cost['ratio_time']:.2f}x** the time; "
-            f"peak memory above the start {cost['nonlinear']['peak_rss_above_start'] / 2**20:.0f} MiB "
-            f"vs {cost['tangent']['peak_rss_above_start'] / 2**20:.0f} MiB: "
-            f"**{cost['ratio_memory']:.2f}x**.", ""]
+    out += [
+        "",
+        f"Training step (batch {cost['batch_size']}): nonlinear "
+        f"{cost['nonlinear']['seconds_per_step']:.3f} s, tangent "
+        f"{cost['tangent']['seconds_per_step']:.3f} s: **{cost['ratio_time']:.2f}x** the time; "
+        f"peak memory above the start {cost['nonlinear']['peak_rss_above_start'] / 2**20:.0f} MiB "
+        f"vs {cost['tangent']['peak_rss_above_start'] / 2**20:.0f} MiB: "
+        f"**{cost['ratio_memory']:.2f}x**.",
+        "",
+    ]
     return out
 
 
 def merging(r: dict) -> list[str]:
-    out = ["## Merging methods (issue 4): `benchmarks/offline_merging.py`", "",
-           "Alpha searched on validation; test accuracy %, normalised % in brackets.", "",
-           "| mode | method | alpha | " + " | ".join(TASKS) + " | mean normalised |",
-           "|---|---|---|" + "---|" * (len(TASKS) + 1)]
+    out = [
+        "## Merging methods (issue 4): `benchmarks/offline_merging.py`",
+        "",
+        "Alpha searched on validation; test accuracy %, normalised % in brackets.",
+        "",
+        "| mode | method | alpha | " + " | ".join(TASKS) + " | mean normalised |",
+        "|---|---|---|" + "---|" * (len(TASKS) + 1),
+    ]
     for mode, rows in r["modes"].items():
         for method, row in rows.items():
             if method == "disentanglement":
                 continue
-            out.append(f"| {mode} | {method} | {row['alpha']:g} | "
-                       + " | ".join(f"{pct(row['accuracy'][t])} ({pct(row['normalized'][t])})"
-                                    for t in TASKS) + f" | {pct(row['mean_normalized'])} |")
+            out.append(
+                f"| {mode} | {method} | {row['alpha']:g} | "
+                + " | ".join(
+                    f"{pct(row['accuracy'][t])} ({pct(row['normalized'][t])})" for t in TASKS
+                )
+                + f" | {pct(row['mean_normalized'])} |"
+            )
     out += [""]
     for mode, rows in r["modes"].items():
         d = rows.get("disentanglement")
         if d:
-            out += [f"Disentanglement of mnist and digits, {mode}: mean error "
-                    f"{d['mean_error']:.3f} over the grid.", "",
-                    f"![{mode}]({Path(d['png']).name})", ""]
+            out += [
+                f"Disentanglement of mnist and digits, {mode}: mean error "
+                f"{d['mean_error']:.3f} over the grid.",
+                "",
+                f"![{mode}]({Path(d['png']).name})",
+                "",
+            ]
     return out
 
 
 def second_order(r: dict) -> list[str]:
-    out = ["## Training modes as a pool grows (issue 3): `benchmarks/offline_second_order.py`", "",
-           f"Modules trained one after another (mnist, animals, digits), {r['epochs']:g} epoch each; "
-           f"Fisher over {r['fisher_examples']} examples per task. Test accuracy %.", "",
-           "| mode | single-task (own module) | mean: acc / normalised | sum at best alpha: "
-           "alpha, acc / normalised | after forgetting digits (mean): mnist, animals |",
-           "|---|---|---|---|---|"]
+    out = [
+        "## Training modes as a pool grows (issue 3): `benchmarks/offline_second_order.py`",
+        "",
+        f"Modules trained one after another (mnist, animals, digits), {r['epochs']:g} epoch each; "
+        f"Fisher over {r['fisher_examples']} examples per task. Test accuracy %.",
+        "",
+        "| mode | single-task (own module) | mean: acc / normalised | sum at best alpha: "
+        "alpha, acc / normalised | after forgetting digits (mean): mnist, animals |",
+        "|---|---|---|---|---|",
+    ]
     for mode, m in r["modes"].items():
-        single = ", ".join(f"{n.rsplit('-', 1)[0]} {pct(v['accuracy'])}" for n, v in m["modules"].items())
+        single = ", ".join(
+            f"{n.rsplit('-', 1)[0]} {pct(v['accuracy'])}" for n, v in m["modules"].items()
+        )
         mean, sm, fg = m["mean"], m["sum"], m["forget_digits"]["mean"]
-        out.append(f"| {mode} | {single} | {pct(mean['mean_accuracy'])} / "
-                   f"{pct(mean['mean_normalized'])} | {sm['alpha']:g}, {pct(sm['mean_accuracy'])} / "
-                   f"{pct(sm['mean_normalized'])} | {pct(fg['mnist']['accuracy'])}, "
-                   f"{pct(fg['animals']['accuracy'])} |")
+        out.append(
+            f"| {mode} | {single} | {pct(mean['mean_accuracy'])} / "
+            f"{pct(mean['mean_normalized'])} | {sm['alpha']:g}, {pct(sm['mean_accuracy'])} / "
+            f"{pct(sm['mean_normalized'])} | {pct(fg['mnist']['accuracy'])}, "
+            f"{pct(fg['animals']['accuracy'])} |"
+        )
     out += [""]
     for mode in ("ita", "iel"):
         cost = r["modes"].get(mode, {}).get("fisher_cost")
@@ -98,17 +132,30 @@ def second_order(r: dict) -> list[str]:
 
 def ddp(r: dict) -> list[str]:
     s = r["seconds_per_step"]
-    return ["## Data parallel (issue 8): `benchmarks/ddp_scaling.py`", "",
-            f"Global batch {r['global_batch']}: " + ", ".join(f"{k} process(es) {v:.3f} s/step"
-                                                             for k, v in s.items())
-            + f"; speed-up **{r['speedup']:.2f}x**.", ""]
+    return [
+        "## Data parallel (issue 8): `benchmarks/ddp_scaling.py`",
+        "",
+        f"Global batch {r['global_batch']}: "
+        + ", ".join(f"{k} process(es) {v:.3f} s/step" for k, v in s.items())
+        + f"; speed-up **{r['speedup']:.2f}x**.",
+        "",
+    ]
 
 
 def main() -> None:
-    lines = ["# Measured results", "", "Generated by `python benchmarks/report.py` from "
-             "`benchmarks/results/*.json`, which also record the hardware and library versions.", ""]
-    for name, fn in (("offline_core", core), ("offline_merging", merging),
-                     ("offline_second_order", second_order), ("ddp_scaling", ddp)):
+    lines = [
+        "# Measured results",
+        "",
+        "Generated by `python benchmarks/report.py` from "
+        "`benchmarks/results/*.json`, which also record the hardware and library versions.",
+        "",
+    ]
+    for name, fn in (
+        ("offline_core", core),
+        ("offline_merging", merging),
+        ("offline_second_order", second_order),
+        ("ddp_scaling", ddp),
+    ):
         result = load(name)
         if result:
             lines += fn(result)

@@ -69,16 +69,16 @@ class DeltaEvaluator:
             sort_keys=True,
         )
         self._data: dict = {}
+        self._cached = {  # the eval log, read once: (sha256, task) -> accuracy
+            (r.get("sha256"), r.get("task")): r["accuracy"]
+            for r in pool.history()
+            if r.get("split") == split and "accuracy" in r
+        }
 
     def accuracy(self, alphas: list[float], task: str) -> float:
         sha = "search:" + hashlib.sha256(f"{self.key}|{alphas}".encode()).hexdigest()
-        for record in self.pool.history():
-            if (record.get("sha256"), record.get("task"), record.get("split")) == (
-                sha,
-                task,
-                self.split,
-            ):
-                return record["accuracy"]
+        if (sha, task) in self._cached:
+            return self._cached[(sha, task)]
         if task not in self._data:
             self._data[task] = (
                 self.pool.task(task).load(self.split, self.pool.base.image_size),
@@ -103,6 +103,7 @@ class DeltaEvaluator:
                 "examples": len(data),
             }
         )
+        self._cached[(sha, task)] = acc
         return acc
 
 
