@@ -4,15 +4,17 @@ For each mode (nonlinear, tangent, ita, iel) three modules are trained one after
 (mnist, animals, digits); reported: each module's single-task accuracy, the absolute and
 normalised accuracy of the composition of all three (mean, and sum at the best alpha on
 validation), what forgetting one module does to the other tasks, and the time of the
-Fisher pass relative to one training epoch. nonlinear and tangent modules are shared with
-offline_core.py's pool when it exists.
+Fisher pass relative to one training epoch. The benchmark works in its own pool (it
+forgets modules); on first use that pool starts as a copy of offline_core.py's pool when
+it exists, to reuse its nonlinear and tangent modules (training is deterministic).
 
-    python benchmarks/offline_second_order.py [--epochs 1] [--fisher-examples 1000]
+    python benchmarks/offline_second_order.py [--epochs 1] [--fisher-examples 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from modpool.demo import ensure_modules
 from modpool.search import search_alpha
 from modpool.tasks import OFFLINE
 
+POOLS = Path(__file__).parent / ".pools"
 GRID = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
 
 
@@ -89,9 +92,11 @@ def fisher_cost(pool: Pool, names: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--fisher-examples", type=int, default=1000)
-    parser.add_argument("--pool", type=Path, default=Path(__file__).parent / ".pools" / "core")
+    parser.add_argument("--fisher-examples", type=int, default=300)
+    parser.add_argument("--pool", type=Path, default=POOLS / "second_order")
     args = parser.parse_args()
+    if not args.pool.exists() and (POOLS / "core").exists():
+        shutil.copytree(POOLS / "core", args.pool)
     pool = Pool.open_or_create(args.pool, "offline")
     start = time.perf_counter()
     result = {"epochs": args.epochs, "fisher_examples": args.fisher_examples, "modes": {}}

@@ -142,6 +142,97 @@ def ddp(r: dict) -> list[str]:
     ]
 
 
+def streaming(r: dict) -> list[str]:
+    mib = r["module_bytes"] / 2**20
+    return [
+        "## Streaming composition (issue 6): `benchmarks/streaming.py`",
+        "",
+        f"{r['modules']} random modules of {r['base']} image-tower size "
+        f"({r['parameters_per_module'] / 1e6:.1f}M parameters, {mib:.0f} MiB each in fp32), "
+        "files in the page cache, each measurement in a fresh interpreter; medians.",
+        "",
+        "| | seconds | peak RSS above baseline / one module |",
+        "|---|---|---|",
+        f"| `compose` (sum, streamed) | {r['compose_seconds']:.2f} | "
+        f"**{r['compose_peak_over_module']:.3f}x** |",
+        f"| plain read-and-sum (`load_file`, add) | {r['plain_seconds']:.2f} | "
+        f"{r['plain_peak_over_module']:.2f}x |",
+        f"| `forget` (rebuilds the {r['modules']}-module composition from "
+        f"{r['modules'] - 1}) | {r['runs']['forget'][0]['seconds']:.2f} | "
+        f"{r['forget_peak_over_module']:.3f}x |",
+        f"| `export` of the composition (above the loaded base) | "
+        f"{r['runs']['export'][0]['seconds']:.2f} | {r['export_peak_over_module']:.3f}x |",
+        "",
+        f"Speed of `compose` relative to the plain read-and-sum: "
+        f"**{r['speed_ratio_compose_vs_plain']:.2f}x** (compose also validates every value, "
+        "hashes every input, writes and fsyncs its output).",
+        "",
+    ]
+
+
+def compact(r: dict) -> list[str]:
+    out = [
+        "## Compact modules (issue 6): `benchmarks/compact.py`",
+        "",
+        "The three offline modules of each mode re-stored with `compact`, composed by sum at "
+        "the alpha picked on validation; test accuracy %, normalised against the dense "
+        "modules' own accuracy.",
+        "",
+        "| mode | storage | size vs dense fp32 | alpha | mean acc | mean normalised | "
+        "points lost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, m in r["modes"].items():
+        for key, v in m["settings"].items():
+            out.append(
+                f"| {mode} | {key} | {pct(v['size_ratio'])} | {v['alpha']:g} | "
+                f"{pct(v['mean_accuracy'])} | {pct(v['mean_normalized_to_dense'])} | "
+                f"{v['normalized_points_lost']:+.2f} |"
+            )
+    return out + [""]
+
+
+def tangent_cost(r: dict) -> list[str]:
+    out = [
+        "## Tangent training cost (issue 6): `benchmarks/tangent_cost.py`",
+        "",
+        "Per training step at the same batch, each variant in a fresh interpreter; ratios "
+        "against nonlinear training of the whole tower.",
+        "",
+        "| base | batch | variant | trained params | s/step | peak MiB | time ratio | "
+        "memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for base, b in r["bases"].items():
+        for key, v in b.items():
+            if not isinstance(v, dict):
+                continue
+            out.append(
+                f"| {base} | {b['batch_size']} | {key} | {v['trained_parameters'] / 1e6:.2f}M | "
+                f"{v['seconds_per_step']:.3f} | {v['peak_rss_above_start'] / 2**20:.0f} | "
+                f"{v.get('ratio_time', 1.0):.2f}x | {v.get('ratio_memory', 1.0):.2f}x |"
+            )
+    return out + [""]
+
+
+def inference_cost(r: dict) -> list[str]:
+    out = [
+        "## Inference cost vs number of modules (issue 6): `benchmarks/inference_cost.py`",
+        "",
+        "| base | batch | base s/batch | kind | one module | eight modules | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for base, b in r["bases"].items():
+        for kind in ("nonlinear", "tangent"):
+            v = b[kind]
+            out.append(
+                f"| {base} | {b['batch_size']} | {b['base']:.4f} | {kind} | "
+                f"{v['one_module']:.4f} | {v['eight_modules']:.4f} | "
+                f"**{v['ratio_eight_vs_one']:.3f}x** |"
+            )
+    return out + [""]
+
+
 def main() -> None:
     lines = [
         "# Measured results",
@@ -155,6 +246,10 @@ def main() -> None:
         ("offline_merging", merging),
         ("offline_second_order", second_order),
         ("ddp_scaling", ddp),
+        ("streaming", streaming),
+        ("compact", compact),
+        ("tangent_cost", tangent_cost),
+        ("inference_cost", inference_cost),
     ):
         result = load(name)
         if result:

@@ -1,39 +1,43 @@
 """Module and composition files: safetensors with validated headers and typed metadata.
 
 A file is never trusted: the header is parsed and checked by hand (sizes, offsets,
-dtypes, shapes, metadata types) before safetensors touches the bytes, and every tensor
-is checked against the base's parameter manifest and for finite values.
+dtypes, shapes, metadata types) before any tensor is read, and every tensor is checked
+against the base's parameter manifest and for finite values. Files are opened through a
+memory map (`tensorfile.TensorFile`) and decoded one tensor at a time (`ArtifactFile`),
+so that composing many large modules never holds more than a few tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import math
 from dataclasses import dataclass, field
-from math import prod
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import encoding
 from .errors import ModpoolError
 from .storage import atomic_write_bytes
+from .tensorfile import TensorFile
 
 FORMAT = "modpool/1"
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-JSON_FIELDS = ("hparams", "metrics", "versions", "recipe", "lineage", "tasks", "search", "fisher")
+JSON_FIELDS = (
+    "hparams",
+    "metrics",
+    "versions",
+    "recipe",
+    "lineage",
+    "tasks",
+    "search",
+    "fisher",
+    "storage",
+    "compacted_from",
+)
 REQUIRED_FIELDS = ("format", "type", "kind", "mode", "base", "base_fingerprint")
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-TORCH_DTYPE = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
-DTYPE_NAME = {v: k for k, v in TORCH_DTYPE.items()}
 
 Manifest = dict[str, tuple[list[int], str]]
 EXTRA_PREFIX = "fisher/"  # per-parameter side tensors (a module's Fisher), same shapes
@@ -70,9 +74,21 @@ def decode_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
     return meta
 
 
-def to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return st_save(contiguous, metadata=encode_metadata({"format": FORMAT, **meta}))
+def to_bytes(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    storage: encoding.Storage | None = None,
+) -> bytes:
+    """A whole artifact as bytes (for deltas already in memory); `storage` encodes the
+    parameter tensors (keys under EXTRA_PREFIX are kept as they are)."""
+    out = {}
+    for key, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        if storage is None or key.startswith(EXTRA_PREFIX):
+            out[key] = value
+        else:
+            out |= {k: v.contiguous() for k, v in storage.encode(key, value).items()}
+    return st_save(out, metadata=encode_metadata({"format": FORMAT, **meta}))
 
 
 def save_artifact(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
@@ -82,77 +98,108 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
     return hashlib.sha256(data).hexdigest()
 
 
-def parse_header(data: bytes, where: str) -> tuple[dict[str, dict], dict[str, str], int]:
-    """Validate a safetensors header; return (tensor entries, raw metadata, data start)."""
-    if len(data) < 8:
-        raise ModpoolError(f"{where}: not a safetensors file (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > len(data):
-        raise ModpoolError(
-            f"{where}: not a safetensors file or truncated (header claims {n} bytes, "
-            f"file has {len(data)})"
-        )
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModpoolError(f"{where}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ModpoolError(f"{where}: malformed safetensors header (not an object)")
-    raw_meta = header.pop("__metadata__", {})
-    if not isinstance(raw_meta, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
-    ):
-        raise ModpoolError(f"{where}: malformed metadata (must map strings to strings)")
-    data_len = len(data) - 8 - n
-    spans = []
-    for name, entry in header.items():
-        _check_entry(name, entry, data_len, where)
-        spans.append(tuple(entry["data_offsets"]))
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise ModpoolError(f"{where}: malformed safetensors data (overlapping or gaps)")
-        position = end
-    if position != data_len:
-        raise ModpoolError(
-            f"{where}: truncated or padded data ({data_len} bytes, expected {position})"
-        )
-    return header, raw_meta, 8 + n
+class ArtifactFile:
+    """An opened module or composition: header, metadata, base and manifest validated up
+    front; tensors decoded on demand to dense float32 and checked finite."""
 
-
-def _check_entry(name: str, entry: Any, data_len: int, where: str) -> None:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise ModpoolError(f"{where}: malformed entry for tensor '{name}'")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in ITEMSIZE:
-        raise ModpoolError(f"{where}: tensor '{name}' has dtype {dtype!r}; expected a float type")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ModpoolError(f"{where}: tensor '{name}' has a malformed shape")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1] <= data_len
+    def __init__(
+        self, file: TensorFile, manifest: Manifest | None = None, fingerprint: str | None = None
     ):
-        raise ModpoolError(f"{where}: tensor '{name}' points outside the file (truncated?)")
-    if offsets[1] - offsets[0] != prod(shape) * ITEMSIZE[dtype]:
-        raise ModpoolError(f"{where}: tensor '{name}' size does not match its shape")
+        self.file, self.where = file, file.where
+        self.meta = check_meta(decode_metadata(file.raw_meta, self.where), self.where)
+        if fingerprint is not None and self.meta["base_fingerprint"] != fingerprint:
+            raise ModpoolError(
+                f"{self.where} was made from another base (fingerprint "
+                f"{self.meta['base_fingerprint'][:12]}, this pool's base is {fingerprint[:12]}); "
+                "modules of different bases cannot be mixed"
+            )
+        stored = encoding.parameters(file, EXTRA_PREFIX)
+        self.shapes: dict[str, list[int]] = {}
+        for name, shape in stored.items():
+            if manifest is not None and name not in manifest:
+                raise ModpoolError(
+                    f"{self.where}: tensor '{name}' is not a parameter of this pool's base"
+                )
+            expected = list(manifest[name][0]) if manifest is not None else shape
+            if expected is None:
+                raise ModpoolError(f"{self.where}: a compact tensor needs the pool's manifest")
+            if shape is not None and list(shape) != expected:
+                raise ModpoolError(
+                    f"{self.where}: tensor '{name}' has shape {shape}, the base has {expected}"
+                )
+            self.shapes[name] = expected
+        self.extra_names = [k for k in file.entries if k.startswith(EXTRA_PREFIX)]
+        for key in self.extra_names:
+            name = key.removeprefix(EXTRA_PREFIX)
+            if manifest is not None and (
+                name not in manifest or file.entries[key]["shape"] != list(manifest[name][0])
+            ):
+                raise ModpoolError(f"{self.where}: side tensor '{key}' does not fit the base")
+            if file.entries[key]["dtype"] not in encoding.FLOAT_CODES:
+                raise ModpoolError(f"{self.where}: side tensor '{key}' is not a float tensor")
+
+    @classmethod
+    def open(cls, path: Path | str, manifest=None, fingerprint=None) -> ArtifactFile:
+        file = TensorFile.open(path)
+        try:
+            return cls(file, manifest, fingerprint)
+        except BaseException:
+            file.close()
+            raise
+
+    def __enter__(self) -> ArtifactFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shapes[name])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Dense float32; may be a view of the map: clone it to keep it past `close`."""
+        value = encoding.decode(self.file, name, self.shapes[name])
+        _check_finite(value, name, self.where)
+        return value
+
+    def release(self, name: str) -> None:
+        encoding.release(self.file, name)
+
+    def sha256(self) -> str:
+        return self.file.sha256()
+
+    def load(self) -> Artifact:
+        tensors = {n: self.tensor(n).clone() for n in self.names}
+        extra = {}
+        for key in self.extra_names:
+            value = self.file.raw(key).clone()
+            _check_finite(value, key, self.where)
+            extra[key.removeprefix(EXTRA_PREFIX)] = value
+        return Artifact(tensors, self.meta, self.sha256(), None, extra)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Metadata only, validated, without loading tensors."""
-    data = _read(path)
-    _, raw_meta, _ = parse_header(data, _where(path))
-    return _check_meta(decode_metadata(raw_meta, _where(path)), _where(path))
+    """Metadata only, validated, without reading any tensor."""
+    with TensorFile.open(path) as file:
+        return check_meta(decode_metadata(file.raw_meta, file.where), file.where)
 
 
 def load_artifact(
     path: Path, manifest: Manifest | None = None, fingerprint: str | None = None
 ) -> Artifact:
     """Load and fully validate a module or composition file."""
-    where = _where(path)
-    data = _read(path)
-    return load_artifact_bytes(data, where, manifest, fingerprint, path)
+    with ArtifactFile.open(path, manifest, fingerprint) as opened:
+        artifact = opened.load()
+    artifact.path = Path(path)
+    return artifact
 
 
 def load_artifact_bytes(
@@ -162,31 +209,13 @@ def load_artifact_bytes(
     fingerprint: str | None = None,
     path: Path | None = None,
 ) -> Artifact:
-    header, raw_meta, _ = parse_header(data, where)
-    meta = _check_meta(decode_metadata(raw_meta, where), where)
-    if fingerprint is not None and meta["base_fingerprint"] != fingerprint:
-        raise ModpoolError(
-            f"{where} was made from another base (fingerprint {meta['base_fingerprint'][:12]}, "
-            f"this pool's base is {fingerprint[:12]}); modules of different bases cannot be mixed"
-        )
-    if manifest is not None:
-        _check_against_manifest(header, manifest, where)
-    tensors = st_load(data)
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise ModpoolError(
-                f"{where}: tensor '{name}' contains NaN or infinite values; "
-                "the file is unusable (retrain the module or forget it)"
-            )
-    extra = {
-        k.removeprefix(EXTRA_PREFIX): tensors.pop(k)
-        for k in list(tensors)
-        if k.startswith(EXTRA_PREFIX)
-    }
-    return Artifact(tensors, meta, hashlib.sha256(data).hexdigest(), path, extra)
+    with ArtifactFile(TensorFile.from_bytes(data, where), manifest, fingerprint) as opened:
+        artifact = opened.load()
+    artifact.path = path
+    return artifact
 
 
-def _check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ModpoolError(f"{where}: not a modpool artifact (format {meta.get('format')!r})")
     missing = [k for k in REQUIRED_FIELDS if k not in meta]
@@ -199,30 +228,9 @@ def _check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
-def _check_against_manifest(header: dict[str, dict], manifest: Manifest, where: str) -> None:
-    for name, entry in header.items():
-        name = name.removeprefix(EXTRA_PREFIX)
-        if name not in manifest:
-            raise ModpoolError(f"{where}: tensor '{name}' is not a parameter of this pool's base")
-        shape, _ = manifest[name]
-        if list(entry["shape"]) != list(shape):
-            raise ModpoolError(
-                f"{where}: tensor '{name}' has shape {entry['shape']}, the base has {list(shape)}"
-            )
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ModpoolError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ModpoolError(f"{path} is a directory, expected a .safetensors file") from None
-
-
-def _where(path: Path) -> str:
-    return Path(path).name
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _check_finite(value: torch.Tensor, name: str, where: str) -> None:
+    if not torch.isfinite(value).all():
+        raise ModpoolError(
+            f"{where}: tensor '{name}' contains NaN or infinite values; "
+            "the file is unusable (retrain the module or forget it)"
+        )

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import load_artifact, parse_header
+from .artifact import load_artifact
 from .errors import ModpoolError
 from .pool import HEAD_FORMAT, KINDS, NAME_RE, Pool
+from .tensorfile import parse_header
 
 
 @dataclass

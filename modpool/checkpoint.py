@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
-from .artifact import parse_header
 from .errors import ModpoolError
 from .storage import atomic_write_bytes, locked
+from .tensorfile import parse_header
 
 FORMAT = "modpool-checkpoint/1"
 KEYS = ("theta", "exp_avg", "exp_avg_sq")

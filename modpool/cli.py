@@ -30,6 +30,9 @@ PoolOpt = Annotated[
     Path, typer.Option("--pool", envvar="MODPOOL_POOL", help="Pool directory (env MODPOOL_POOL).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DtypeOpt = Annotated[
+    str, typer.Option(help="Stored precision: fp32, bf16 or fp16 (half the bytes).")
+]
 
 
 @app.callback()
@@ -129,6 +132,7 @@ def show(name: str, as_json: JsonOpt = False) -> None:
         if isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         table.add_row(key, str(value))
+    table.add_row("file size", f"{entry.path.stat().st_size / 2**20:.2f} MiB")
     for r in evals[-10:]:
         table.add_row(f"eval {r['task']} ({r['split']})", _pct(r["accuracy"]))
     lineage = [
@@ -226,12 +230,25 @@ def finetune(
             "--resume", help="Continue an interrupted run of the same module from its checkpoint."
         ),
     ] = False,
+    last_blocks: Annotated[
+        int | None,
+        typer.Option(
+            help="Train only the tower's last K blocks and the layers after them; in tangent "
+            "mode the JVP then skips the frozen layers (much cheaper)."
+        ),
+    ] = None,
+    dtype: DtypeOpt = "fp32",
+    density: Annotated[
+        float,
+        typer.Option(help="Store only this fraction of each tensor's largest entries (compact)."),
+    ] = 1.0,
     base: Annotated[
         str | None, typer.Option(help="Base, when this command creates the pool.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the base on one task and store the change as a module."""
+    from .encoding import Storage
     from .pool import Pool
     from .train import defaults_for
 
@@ -255,8 +272,11 @@ def finetune(
         fisher_exact,
         fisher_examples,
     )
-    cfg.accumulate = accumulate
-    entry = pool.finetune(task, cfg, name, state["progress"], with_, checkpoint_every, resume)
+    cfg.accumulate, cfg.last_blocks = accumulate, last_blocks
+    storage = Storage(dtype, density)  # checked before training, not after
+    entry = pool.finetune(
+        task, cfg, name, state["progress"], with_, checkpoint_every, resume, storage
+    )
     if entry is None:  # a non-zero torchrun rank: rank 0 reports
         return
     m = entry.meta["metrics"]
@@ -444,9 +464,11 @@ def compose(
     seed: Annotated[int, typer.Option(help="Seed (dare masks); part of the recipe.")] = 0,
     search: SearchOpt = False,
     grid: GridOpt = None,
+    dtype: DtypeOpt = "fp32",
     as_json: JsonOpt = False,
 ) -> None:
-    """Compose modules or compositions into one, by a named merge method."""
+    """Compose modules or compositions into one, by a named merge method (streamed tensor by
+    tensor: memory stays at a few tensors whatever the number of modules)."""
     params = {
         "density": density,
         "trim": trim,
@@ -466,14 +488,20 @@ def compose(
         search,
         grid,
         as_json,
+        dtype,
     )
 
 
-def _compose(names, output, method, alpha, coef, params, seed, search, grid, as_json) -> None:
+def _compose(
+    names, output, method, alpha, coef, params, seed, search, grid, as_json, dtype="fp32"
+) -> None:
+    from .encoding import Storage
+
+    Storage(dtype)  # a bad dtype fails before any work
     pool = _pool()
     if not search:
         entry = pool.compose(
-            names, output, method, _parse_coefs(names, alpha, coef or []), params, seed
+            names, output, method, _parse_coefs(names, alpha, coef or []), params, seed, None, dtype
         )
         _composed(entry, as_json)
         return
@@ -482,9 +510,45 @@ def _compose(names, output, method, alpha, coef, params, seed, search, grid, as_
     from .search import compose_searched
 
     entry, rows = compose_searched(
-        pool, names, output, method, params, seed, _grid(grid), show_progress=state["progress"]
+        pool,
+        names,
+        output,
+        method,
+        params,
+        seed,
+        _grid(grid),
+        show_progress=state["progress"],
+        dtype=dtype,
     )
     _composed(entry, as_json, rows)
+
+
+@app.command()
+def compact(
+    name: str,
+    output: OutOpt,
+    dtype: DtypeOpt = "bf16",
+    density: Annotated[
+        float, typer.Option(help="Fraction of each tensor's largest-magnitude entries kept.")
+    ] = 1.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a module again in compact form (lower precision, only its largest entries) under
+    a new name; the original stays, so nothing composed from it changes."""
+    from .encoding import Storage
+
+    pool = _pool()
+    storage = Storage(dtype, density)
+    before = pool.entry(name).path.stat().st_size
+    entry = pool.compact(name, output, storage)
+    after = entry.path.stat().st_size
+    note = (
+        f"stored [bold]{output}[/] ({dtype}, density {density:g}): {after / 2**20:.2f} MiB, "
+        f"{100 * after / before:.1f}% of {name} ({before / 2**20:.2f} MiB)"
+    )
+    _emit(
+        as_json, {"name": output, "bytes": after, "source_bytes": before, **entry.meta}, None, note
+    )
 
 
 @app.command()

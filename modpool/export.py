@@ -2,17 +2,17 @@
 
 open_clip bases: the whole CLIP state dict with the image tower at theta_0 + delta, which
 `open_clip.create_model(arch, pretrained=FILE)` loads. timm bases: the tower's state dict,
-which `timm:ARCH:FILE` (or timm's own loaders) accept.
+which `timm:ARCH:FILE` (or timm's own loaders) accept. Written tensor by tensor: the
+module is read through a memory map and only the base's weights are held whole.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save
-
 from .errors import ModpoolError
-from .storage import atomic_write_bytes
+from .storage import atomic_writer
+from .tensorfile import DTYPE_NAME, TensorWriter
 
 
 def export_weights(pool, name: str, path: Path | str) -> Path:
@@ -21,27 +21,33 @@ def export_weights(pool, name: str, path: Path | str) -> Path:
         raise ModpoolError(
             f"export writes safetensors: name the file *.safetensors, not {path.name}"
         )
-    artifact = pool.read(name)
-    if artifact.kind == "tangent":
-        raise ModpoolError(
-            f"{name} is a tangent module: it acts through the linearised model "
-            "f(x; theta_0) + J f(x; theta_0) . tau, which no single set of weights reproduces, so "
-            "it cannot be flattened; use it through modpool (pool.model) instead"
-        )
-    base = pool.base
-    if hasattr(base, "model"):  # open_clip: full model, visual tower edited
-        state, prefix = base.model.state_dict(), "visual."
-    else:
-        state, prefix = base.tower.state_dict(), ""
-    out = {k: v.detach().clone().contiguous() for k, v in state.items()}
-    for key, delta in artifact.tensors.items():
-        full = prefix + key
-        out[full] = (out[full].float() + delta.float()).to(out[full].dtype).contiguous()
-    meta = {
-        "modpool_source": name,
-        "modpool_sha256": artifact.sha256,
-        "base": pool.config["base"],
-        "base_fingerprint": pool.fingerprint,
-    }
-    atomic_write_bytes(path, save(out, metadata=meta))
+    with pool.open_artifact(name) as artifact:
+        if artifact.kind == "tangent":
+            raise ModpoolError(
+                f"{name} is a tangent module: it acts through the linearised model "
+                "f(x; theta_0) + J f(x; theta_0) . tau, which no single set of weights "
+                "reproduces, so it cannot be flattened; use it through modpool (pool.model) "
+                "instead"
+            )
+        base = pool.base
+        if hasattr(base, "model"):  # open_clip: full model, visual tower edited
+            state, prefix = base.model.state_dict(), "visual."
+        else:
+            state, prefix = base.tower.state_dict(), ""
+        meta = {
+            "modpool_source": name,
+            "modpool_sha256": artifact.sha256(),
+            "base": pool.config["base"],
+            "base_fingerprint": pool.fingerprint,
+        }
+        plan = [(k, DTYPE_NAME[v.dtype], list(v.shape)) for k, v in state.items()]
+        with atomic_writer(path) as f:
+            writer = TensorWriter(f, plan, meta)
+            for key, value in state.items():  # one edited tensor at a time
+                local = key.removeprefix(prefix) if key.startswith(prefix) else None
+                if local in artifact.shapes:
+                    value = (value.float() + artifact.tensor(local)).to(value.dtype)
+                    artifact.release(local)
+                writer.write(key, value)
+            writer.finish(meta)
     return path

@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .storage import append_jsonl, atomic_write_json, crash_point, fsync_dir, read_jsonl
 
@@ -31,15 +33,22 @@ class Transaction:
 
     def write(self, rel: str, data: bytes) -> None:
         """Stage `data` for `rel` (relative to the pool root)."""
+        with self.stream(rel) as f:
+            f.write(data)
+
+    @contextlib.contextmanager
+    def stream(self, rel: str) -> Iterator[BinaryIO]:
+        """Stage `rel` by writing it as it is computed; `f.name` is the staged file, which
+        later steps of the same change may read."""
         final = self.root / rel
         tmp = final.parent / f".txn-{self.id}-{len(self.puts)}.tmp"
         final.parent.mkdir(parents=True, exist_ok=True)
+        self.puts.append((str(tmp.relative_to(self.root)), rel))  # so that abort removes it
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         crash_point()
-        self.puts.append((str(tmp.relative_to(self.root)), rel))
 
     def delete(self, rel: str) -> None:
         self.deletes.append(rel)

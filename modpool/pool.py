@@ -32,20 +32,22 @@ from . import __version__
 from .artifact import (
     EXTRA_PREFIX,
     Artifact,
+    ArtifactFile,
     load_artifact,
     load_artifact_bytes,
-    parse_header,
     read_metadata,
     to_bytes,
 )
 from .bases import DEFAULT_BASE, Base, fingerprint, load_base, manifest, resolve_spec
+from .compose import check_kinds, write_composition
+from .encoding import Storage
 from .errors import ModpoolError
 from .head import Head, fit_linear_head
 from .journal import Transaction, pending, recover
-from .merge import get_method
 from .model import EditedModel
 from .storage import append_jsonl, atomic_write_bytes, locked, read_jsonl
 from .tasks import Task, get_task
+from .tensorfile import parse_header, sha256_file
 
 POOL_FORMAT = "modpool-pool/1"
 HEAD_FORMAT = "modpool-head/1"
@@ -349,9 +351,12 @@ class Pool:
         extra_meta: dict | None = None,
         fisher: dict[str, torch.Tensor] | None = None,
         cleanup: list[str] | None = None,
+        storage: Storage | None = None,
     ) -> Entry:
         """Store a module (a delta over the base image tower), with its task's Fisher at the
-        base when given (bfloat16: half the bytes, float32's range)."""
+        base when given (bfloat16: half the bytes, float32's range). `storage` picks the
+        stored dtype and density (compact modules); the default is dense float32."""
+        storage = storage or Storage()
         self._check_delta(delta, name)
         tensors = {k: v.float() for k, v in delta.items()}
         if fisher:
@@ -364,7 +369,8 @@ class Pool:
             "task": task,
             "base": self.config["base"],
             "base_fingerprint": self.fingerprint,
-            "dtype": "float32",
+            "dtype": storage.torch_name,
+            "storage": storage.to_dict(),
             "hparams": hparams or {},
             "seed": str(seed),
             "metrics": metrics or {},
@@ -372,7 +378,7 @@ class Pool:
             "created": now(),
             **(extra_meta or {}),
         }
-        data = to_bytes(tensors, meta)
+        data = to_bytes(tensors, meta, storage)
         with self.change() as txn:
             self._require_new(name)
             txn.write(f"modules/{name}.safetensors", data)
@@ -451,18 +457,21 @@ class Pool:
         with_modules: list[str] | None = None,
         checkpoint_every: int | None = None,
         resume: bool = False,
+        storage: Storage | None = None,
     ) -> Entry | None:
         """Train a module for one task and store it; see `train.finetune`. For ita and iel,
         `with_modules` names the modules whose Fisher (ita) or composition (iel) shape it;
-        by default every eligible module in the pool (see second_order.py). Under torchrun
-        every rank trains and only rank 0 writes (and returns the entry)."""
+        by default every eligible module in the pool (see second_order.py). `storage` makes
+        a compact module (dtype, density). Under torchrun every rank trains and only rank 0
+        writes (and returns the entry)."""
         from .checkpoint import Checkpointer
         from .distributed import world
-        from .train import MODES, defaults_for, finetune, total_steps
+        from .train import check_config, defaults_for, finetune, total_steps
 
         cfg = cfg or defaults_for(self.base)
-        if cfg.mode not in MODES:
-            raise ModpoolError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+        check_config(cfg)
+        if cfg.last_blocks is not None:
+            self.base.trainable(cfg.last_blocks)  # a bad K fails now, not after the head fit
         task = self.task(task_name)
         name = name or default_module_name(task.name, cfg.mode)
         self._require_new(name)  # fail before hours of training, and again when saving
@@ -514,9 +523,33 @@ class Pool:
             extra_meta=_second_order_meta(plan),
             fisher=plan.fisher.fisher if plan else None,
             cleanup=[ckpt_rel] if (self.root / ckpt_rel).exists() else None,
+            storage=storage,
         )
         world_.barrier()
         return entry
+
+    def compact(self, name: str, output: str, storage: Storage) -> Entry:
+        """Store module `name` again as `output` in a compact form (dtype, density); the
+        original stays, so compositions that use it are unchanged."""
+        artifact = self.read(name)
+        if artifact.meta["type"] != "module":
+            raise ModpoolError(
+                f"{name} is a composition: compact its modules, or compose with --dtype"
+            )
+        meta = artifact.meta
+        kept = ("hparams", "metrics", "fisher", "lineage")
+        return self.save_module(
+            output,
+            artifact.tensors,
+            meta["task"],
+            meta["kind"],
+            meta["mode"],
+            seed=int(meta.get("seed", 0)),
+            extra_meta={k: meta[k] for k in kept if k in meta}
+            | {"compacted_from": {"name": name, "sha256": artifact.sha256}},
+            fisher=artifact.extra or None,
+            storage=storage,
+        )
 
     # ---- composing -------------------------------------------------------------------
     def compose(
@@ -528,9 +561,11 @@ class Pool:
         params: dict | None = None,
         seed: int = 0,
         search: dict | None = None,
+        dtype: str = "fp32",
     ) -> Entry:
-        """Compose modules (or compositions) into a new composition named `output`.
-        `search`, when given, is the alpha-search table kept with the composition."""
+        """Compose modules (or compositions) into a new composition named `output`, streamed
+        tensor by tensor. `search`, when given, is the alpha-search table kept with the
+        composition; `dtype` is the stored precision of the result."""
         if not names:
             raise ModpoolError("name at least one module to compose")
         if len(set(names)) != len(names):
@@ -542,16 +577,17 @@ class Pool:
             "seed": seed,
             "ingredients": [{"name": n, "alpha": a} for n, a in zip(names, alphas)],
         }
+        if dtype != "fp32":
+            recipe["storage"] = Storage(dtype).to_dict()
         with self.change() as txn:
             self._require_new(output)
-            data = self._build(output, recipe, {"search": search} if search else None)
-            txn.write(f"compositions/{output}.safetensors", data)
+            sha = self._build(txn, output, recipe, {"search": search} if search else None)
             txn.log(
                 {
                     "time": now(),
                     "action": "compose",
                     "name": output,
-                    "sha256": _digest(data),
+                    "sha256": sha,
                     "recipe": recipe,
                 }
             )
@@ -566,49 +602,47 @@ class Pool:
         """theta_0 - alpha * tau: remove a capability the base had."""
         return self.compose([name], output, "sum", [-alpha], search=search)
 
+    def open_artifact(self, name: str, staged: dict[str, Path] | None = None) -> ArtifactFile:
+        """Open one artifact for reading tensor by tensor (validated against this pool's
+        base); `staged` maps names rebuilt earlier in the same change to their staged file."""
+        path = (staged or {}).get(name) or self.entry(name).path
+        return ArtifactFile.open(path, self.manifest, self.fingerprint)
+
     def _build(
         self,
+        txn: Transaction,
         output: str,
         recipe: dict,
         extra_meta: dict | None = None,
-        staged: dict[str, Artifact] | None = None,
-    ) -> bytes:
-        """Compute a composition from its recipe; returns the file's bytes. `staged` holds
-        ingredients rebuilt earlier in the same change, not yet on disk."""
-        staged = staged or {}
-        artifacts = [staged.get(i["name"]) or self.read(i["name"]) for i in recipe["ingredients"]]
-        kinds = {a.kind for a in artifacts}
-        if len(kinds) > 1:
-            kinds_by = ", ".join(
-                f"{i['name']} ({a.kind})" for i, a in zip(recipe["ingredients"], artifacts)
-            )
-            raise ModpoolError(f"cannot compose nonlinear and tangent modules together: {kinds_by}")
-        for ingredient, artifact in zip(recipe["ingredients"], artifacts):
-            ingredient["sha256"] = artifact.sha256
-            ingredient["type"] = artifact.meta["type"]
-        method = get_method(recipe["method"], recipe["seed"], **recipe["params"])
-        recipe["params"] = method.recipe_params()
-        delta = method.merge(
-            [a.tensors for a in artifacts], [i["alpha"] for i in recipe["ingredients"]]
-        )
-        tasks = list(dict.fromkeys(t for a in artifacts for t in _tasks_of(a.meta)))
-        modes = {a.meta["mode"] for a in artifacts}
-        meta = {
-            "type": "composition",
-            "kind": kinds.pop(),
-            "mode": modes.pop() if len(modes) == 1 else "mixed",
-            "tasks": tasks,
-            "base": self.config["base"],
-            "base_fingerprint": self.fingerprint,
-            "dtype": "float32",
-            "recipe": recipe,
-            "seed": str(recipe["seed"]),
-            "versions": versions(),
-            "created": now(),
-            **(extra_meta or {}),
-        }
-        self._check_delta(delta, output)
-        return to_bytes(delta, meta)
+        staged: dict[str, Path] | None = None,
+    ) -> str:
+        """Write a composition from its recipe into `txn`, streaming; returns its sha256
+        and records its staged file in `staged` for later rebuilds of the same change."""
+        names = [i["name"] for i in recipe["ingredients"]]
+        with contextlib.ExitStack() as stack:
+            sources = [stack.enter_context(self.open_artifact(n, staged)) for n in names]
+            kind = check_kinds(names, sources)
+            modes = {s.meta["mode"] for s in sources}
+            storage = Storage.from_dict(recipe.get("storage"))
+            meta = {
+                "type": "composition",
+                "kind": kind,
+                "mode": modes.pop() if len(modes) == 1 else "mixed",
+                "tasks": list(dict.fromkeys(t for s in sources for t in _tasks_of(s.meta))),
+                "base": self.config["base"],
+                "base_fingerprint": self.fingerprint,
+                "dtype": storage.torch_name,
+                "seed": str(recipe["seed"]),
+                "versions": versions(),
+                "created": now(),
+                **(extra_meta or {}),
+            }
+            with txn.stream(f"compositions/{output}.safetensors") as f:
+                write_composition(f, output, sources, recipe, meta, self.manifest)
+                staged_path = Path(f.name)
+        if staged is not None:
+            staged[output] = staged_path
+        return sha256_file(staged_path)
 
     # ---- forgetting ------------------------------------------------------------------
     def forget(self, name: str) -> ForgetReport:
@@ -618,7 +652,7 @@ class Pool:
             target_sha = _sha(target.path)
             report = ForgetReport(name, fisher_used_by=self.fisher_dependents(name))
             removed = {name}
-            staged: dict[str, Artifact] = {}
+            staged: dict[str, Path] = {}
             for entry in self._dependents_in_order(name):
                 recipe = entry.meta["recipe"]
                 remaining = [i for i in recipe["ingredients"] if i["name"] not in removed]
@@ -631,10 +665,7 @@ class Pool:
                     **recipe,
                     "ingredients": [{"name": i["name"], "alpha": i["alpha"]} for i in remaining],
                 }
-                data = self._build(entry.name, new_recipe, staged=staged)
-                staged[entry.name] = load_artifact_bytes(data, entry.name)
-                txn.write(f"compositions/{entry.name}.safetensors", data)
-                after = _digest(data)
+                after = self._build(txn, entry.name, new_recipe, staged=staged)
                 report.rebuilt.append(
                     {
                         "name": entry.name,
@@ -851,4 +882,4 @@ def _digest(data: bytes) -> str:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)

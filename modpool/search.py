@@ -177,12 +177,14 @@ def compose_searched(
     grid: list[float] | None = None,
     split: str = "val",
     show_progress: bool | None = None,
+    dtype: str = "fp32",
 ):
     """Search the shared alpha, then store the composition with the search table."""
     pool._require_new(output)
     alpha, rows = search_alpha(pool, names, grid, method, params, seed, split, show_progress)
     table = {"split": split, "best_alpha": alpha, "rows": [r.to_dict() for r in rows]}
-    return pool.compose(names, output, method, alpha, params, seed, search=table), rows
+    entry = pool.compose(names, output, method, alpha, params, seed, search=table, dtype=dtype)
+    return entry, rows
 
 
 def negate_searched(

@@ -9,8 +9,10 @@ iel (Incremental Ensemble Learning): the new module trains inside the mean compo
     all T tasks including the current one.
 
 As in the reference implementation the penalty is *decoupled*: each step first moves theta
-by a plain gradient step on the penalty, scaled by the schedule's current lr factor, then
-AdamW steps on the cross-entropy gradient.
+by a step on the penalty alone, scaled by the schedule's current lr factor, then AdamW steps
+on the cross-entropy gradient. The penalty step is taken in its implicit (proximal) form,
+which the quadratic penalty allows in closed form: the reference's explicit step diverges
+once lr_factor * strength * F_i exceeds 2, which happens on real bases.
 """
 
 from __future__ import annotations
@@ -54,10 +56,25 @@ class Penalty:
 
     @torch.no_grad()
     def step(self, theta: Params, params0: Params, factor: float) -> None:
-        """The decoupled plain gradient step on the penalty, in place."""
-        grads = self.gradient({k: theta[k] - params0[k] for k in theta})
-        for k, g in grads.items():
-            theta[k].sub_(factor * g)
+        """The decoupled step on the penalty, in place, taken implicitly (proximal form).
+
+        A plain step `tau -= h * grad` overshoots wherever `h * a * F_i > 2`, and Fisher
+        entries of a real base are that large; the implicit step solves
+        `tau' = tau - h * grad(tau')` instead, which is stable at any strength and equals
+        the plain step to first order in `h * a * F`.
+        """
+        if self.strength == 0 or factor == 0:
+            return
+        h = factor * self.strength
+        inv = 1.0 / self.count
+        for k in theta:
+            tau = theta[k] - params0[k]
+            if self.mode == "ita":
+                tau = tau / (1 + h * self.fisher[k])
+            else:
+                pull = h * self.fisher[k]
+                tau = (tau + pull * inv * self.others[k]) / (1 + pull * (1 - inv))
+            theta[k].copy_(params0[k] + tau)
 
     def weights(self, theta: Params, params0: Params) -> Params:
         """Forward weights: theta itself (ita), or the mean composition it joins (iel)."""

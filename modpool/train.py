@@ -51,6 +51,7 @@ class TrainConfig:
     fisher_exact: bool = False
     fisher_examples: int | None = None
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    last_blocks: int | None = None  # train only the tower's last K blocks (and what follows)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -109,6 +110,21 @@ def forward_features(
     return nonlinear_features(base.tower, weights, x)
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse bad settings before any work (a head fit, a Fisher pass) is spent on them."""
+    if cfg.mode not in MODES:
+        raise ModpoolError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+    if cfg.lr <= 0 or cfg.batch_size < 1:
+        raise ModpoolError("--lr must be positive and --batch-size at least 1")
+    if cfg.accumulate < 1:
+        raise ModpoolError("--accumulate must be at least 1")
+    if cfg.last_blocks is not None and cfg.mode == "iel":
+        raise ModpoolError(
+            "--last-blocks does not combine with iel, which trains inside a composition of "
+            "whole modules: use it with nonlinear, tangent or ita"
+        )
+
+
 def finetune(
     base: Base,
     head: Head,
@@ -120,14 +136,9 @@ def finetune(
 ) -> TrainResult:
     """Train one module; returns tau = theta - theta_0 (float32, on the CPU). `penalty`
     (ita/iel, see second_order.py) is applied as a decoupled step before each AdamW step."""
-    if cfg.mode not in MODES:
-        raise ModpoolError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
-    if cfg.lr <= 0 or cfg.batch_size < 1:
-        raise ModpoolError("--lr must be positive and --batch-size at least 1")
+    check_config(cfg)
     if len(data) == 0:
         raise ModpoolError("the training split is empty")
-    if cfg.accumulate < 1:
-        raise ModpoolError("--accumulate must be at least 1")
     world_ = world(cfg.device)
     if cfg.batch_size < world_.size * cfg.accumulate:
         raise ModpoolError(
@@ -139,7 +150,7 @@ def finetune(
     head = head.to(device)
     penalty = penalty.to(device) if penalty is not None else None
     torch.manual_seed(cfg.seed)
-    params0 = {n: p.detach() for n, p in base.trainable().items()}
+    params0 = {n: p.detach() for n, p in base.trainable(cfg.last_blocks).items()}
     trainable = Trainable(cfg.mode, base, params0, penalty)
     theta = trainable.theta
     ddp = (

@@ -54,6 +54,30 @@ def test_iel_penalty_and_gradient():
         torch.testing.assert_close(weights[k], (others[k] + theta[k]) / T)
 
 
+@pytest.mark.parametrize("mode", ["ita", "iel"])
+def test_penalty_step_is_implicit_and_stable(mode):
+    fisher = {k: v.abs() * 100 for k, v in _small(0).items()}  # h * a * F_i well above 2
+    others, params0, tau = _small(2), _small(3), _small(1)
+    penalty = Penalty(mode, fisher, 1.5, others if mode == "iel" else None, 3)
+    theta = {k: params0[k] + tau[k] for k in tau}
+    penalty.step(theta, params0, factor=0.8)
+    after = {k: theta[k] - params0[k] for k in theta}
+    # implicit: tau' = tau - h * grad(tau'), exactly
+    for k, g in penalty.gradient(after).items():
+        torch.testing.assert_close(after[k], tau[k] - 0.8 * g)
+    # stable: many steps converge to the penalty's minimum instead of blowing up
+    for _ in range(200):
+        penalty.step(theta, params0, factor=1.0)
+    for g in penalty.gradient({k: theta[k] - params0[k] for k in theta}).values():
+        assert g.abs().max() < 1e-6
+    # and to first order it is the plain step: the gap is second order in h
+    theta = {k: params0[k] + tau[k] for k in tau}
+    penalty.step(theta, params0, factor=1e-6)
+    for k, g in penalty.gradient(tau).items():
+        plain_move, move = 1e-6 * g, tau[k] - (theta[k] - params0[k])
+        assert ((move - plain_move).abs() <= 1e-3 * plain_move.abs() + 1e-15).all()
+
+
 def test_sampled_fisher_converges_to_exact(clip_pool):
     task = clip_pool.task("digits")
     head = clip_pool.head(task)

@@ -2,9 +2,11 @@
 
 import copy
 
+import pytest
 import torch
-from conftest import random_delta
+from conftest import random_delta, run_cli
 
+from modpool import ModpoolError
 from modpool.forward import edited, nonlinear_features, tangent_features
 
 
@@ -33,3 +35,46 @@ def test_tangent_at_zero_is_the_base(clip_pool):
     torch.testing.assert_close(
         tangent_features(clip_pool.base.tower, params0, zero, x), clip_pool.base.tower(x)
     )
+
+
+def test_last_blocks_select_the_tail_of_the_tower(clip_pool, offline_pool):
+    clip = list(clip_pool.base.trainable(1))
+    assert clip[0] == "transformer.resblocks.1.ln_1.weight"
+    assert {"proj", "ln_post.weight"} <= set(clip)
+    assert not any(n.startswith(("conv1", "transformer.resblocks.0")) for n in clip)
+    offline = list(offline_pool.base.trainable(2))
+    assert offline[0].startswith("blocks.5.3.") and offline[-1] == "bn2.bias"
+    assert len(offline_pool.base.trainable(16)) == len(offline_pool.base.trainable()) - 3
+    for bad in (0, 17):
+        with pytest.raises(ModpoolError, match="between 1 and 16"):
+            offline_pool.base.trainable(bad)
+
+
+def test_partial_tangent_equals_full_tangent_with_zeros(clip_pool):
+    base = clip_pool.base
+    params0 = dict(base.trainable())
+    full = {k: v for k, v in random_delta(clip_pool, seed=3, scale=1e-2).items()}
+    tail = set(base.trainable(1))
+    partial = {k: v for k, v in full.items() if k in tail}
+    padded = {k: (v if k in tail else torch.zeros_like(v)) for k, v in full.items()}
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(
+        tangent_features(base.tower, params0, partial, x),
+        tangent_features(base.tower, params0, padded, x),
+    )
+
+
+def test_finetune_last_blocks_module(clip_pool, capsys):
+    args = ["--pool", str(clip_pool.root), "finetune", "--task", "digits", "--steps", "2"]
+    code, out, err = run_cli(
+        [*args, "--batch-size", "4", "--mode", "tangent", "--last-blocks", "1"], capsys
+    )
+    assert code == 0, err
+    module = clip_pool.read("digits-tangent")
+    assert set(module.tensors) == set(clip_pool.base.trainable(1))
+    assert module.meta["hparams"]["last_blocks"] == 1
+    clip_pool.save_module("full", random_delta(clip_pool, 1), "mnist", "tangent")
+    clip_pool.add(["digits-tangent", "full"], "both", 0.5)
+    assert clip_pool.evaluate("both", ["digits"], "test")[0].accuracy >= 0
+    code, out, err = run_cli([*args, "--mode", "iel", "--last-blocks", "1", "--name", "x"], capsys)
+    assert code != 0 and "does not combine with iel" in err + out

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModpoolError
 from ..head import Head
 
 
@@ -27,6 +28,7 @@ class Base(ABC):
     std: tuple[float, float, float]
     hub_id: str | None = None
     head_kind: str = "linear"
+    after_blocks: tuple[str, ...] = ()  # parameters used after the blocks, registered before
 
     def freeze(self) -> None:
         self.tower.eval()
@@ -50,9 +52,36 @@ class Base(ABC):
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         return (images - mean) / std
 
-    def trainable(self) -> dict[str, torch.Tensor]:
-        """The image tower's floating-point parameters: what a module changes."""
-        return {n: p for n, p in self.tower.named_parameters() if p.is_floating_point()}
+    def trainable(self, last_blocks: int | None = None) -> dict[str, torch.Tensor]:
+        """The image tower's floating-point parameters: what a module changes. With
+        `last_blocks=K`, only those of the tower's last K blocks and of the layers after
+        them (see `last_block_names`)."""
+        params = {n: p for n, p in self.tower.named_parameters() if p.is_floating_point()}
+        if last_blocks is None:
+            return params
+        keep = set(last_block_names(list(params), last_blocks)) | set(self.after_blocks)
+        return {n: p for n, p in params.items() if n in keep}
+
+
+def last_block_names(names: list[str], count: int) -> list[str]:
+    """The parameters from the first of the last `count` blocks on, in the tower's order.
+    A block is a numbered sub-module path (`blocks.5.3`, `transformer.resblocks.11`): the
+    name up to its last numeric component. Layers after the last block (a head conv, a
+    final norm, a projection) come with it; everything before stays frozen."""
+    blocks = list(dict.fromkeys(b for b in map(_block_of, names) if b is not None))
+    if count < 1 or count > len(blocks):
+        raise ModpoolError(
+            f"--last-blocks must be between 1 and {len(blocks)} (this tower's blocks)"
+        )
+    first = blocks[-count]
+    start = next(i for i, n in enumerate(names) if _block_of(n) == first)
+    return names[start:]
+
+
+def _block_of(name: str) -> str | None:
+    parts = name.split(".")
+    numeric = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
+    return ".".join(parts[: numeric[-1] + 1]) if numeric else None
 
     @abstractmethod
     def zeroshot_head(self, classnames: list[str], templates: list[str]) -> Head:

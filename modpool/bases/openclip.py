@@ -27,6 +27,7 @@ def register_configs() -> None:
 
 class OpenCLIPBase(Base):
     head_kind = "zeroshot"
+    after_blocks = ("proj",)  # the ViT's output projection, registered before its blocks
 
     def __init__(self, spec: str, model, tokenizer, hub_id: str | None):
         self.spec = spec

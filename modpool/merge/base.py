@@ -1,17 +1,49 @@
-"""The merge-method interface and registry."""
+"""The merge-method interface and registry.
+
+A method merges one parameter tensor at a time (`merge_tensor`), which lets `compose`
+stream many large modules through memory maps; a method that needs statistics over whole
+deltas (a global trim threshold) gathers them first in `prepare`, from the same sources.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from ..errors import ModpoolError
 
 Params = dict[str, torch.Tensor]
+Parts = list[torch.Tensor | None]  # one tensor per ingredient, None where it has none
 REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+class Source(Protocol):
+    """A delta read one tensor at a time (an opened file, or a dict in memory)."""
+
+    names: list[str]
+
+    def numel(self, name: str) -> int: ...
+
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+    def release(self, name: str) -> None: ...
+
+
+class MemorySource:
+    def __init__(self, delta: Params):
+        self.delta, self.names = delta, sorted(delta)
+
+    def numel(self, name: str) -> int:
+        return self.delta[name].numel()
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.delta[name].float()
+
+    def release(self, name: str) -> None:
+        pass
 
 
 class MergeMethod(ABC):
@@ -42,9 +74,19 @@ class MergeMethod(ABC):
     def validate(self) -> None:  # noqa: B027  (optional hook)
         """Check parameter ranges; raise ModpoolError."""
 
+    def prepare(self, sources: list[Source]) -> None:  # noqa: B027  (optional hook)
+        """Gather whole-delta statistics before the tensors are merged one by one."""
+
     @abstractmethod
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        """Combine one parameter's tensors, given one user coefficient per ingredient."""
+
     def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        """Combine deltas (same parameter names) given one user coefficient each."""
+        """Combine deltas held in memory (same arithmetic as the streamed path)."""
+        self.prepare([MemorySource(d) for d in deltas])
+        return {
+            n: self.merge_tensor(n, [d.get(n) for d in deltas], alphas) for n in names_of(deltas)
+        }
 
     def recipe_params(self) -> dict[str, Any]:
         return dict(self.params)
@@ -66,16 +108,18 @@ def names_of(deltas: list[Params]) -> list[str]:
 
 
 def weighted_sum(deltas: list[Params], weights: list[float]) -> Params:
-    """sum_t w_t * tau_t in float32, accumulated in ingredient order (deterministic)."""
-    out: Params = {}
-    for name in names_of(deltas):
-        total = None
-        for delta, w in zip(deltas, weights):
-            if name in delta:
-                term = w * delta[name].float()
-                total = term if total is None else total + term
-        out[name] = total
-    return out
+    """sum_t w_t * tau_t in float32 for every parameter."""
+    return {n: weighted_parts([d.get(n) for d in deltas], weights) for n in names_of(deltas)}
+
+
+def weighted_parts(parts: Parts, weights: list[float]) -> torch.Tensor:
+    """sum_t w_t * part_t in float32, accumulated in ingredient order (deterministic)."""
+    total = None
+    for part, w in zip(parts, weights):
+        if part is not None:
+            term = w * part.float()
+            total = term if total is None else total + term
+    return total
 
 
 def check_fraction(method: str, key: str, value: float, low_open: bool, high_open: bool) -> None:

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Params, check_fraction, register, tensor_seed, weighted_sum
+from .base import (
+    MergeMethod,
+    Parts,
+    Source,
+    check_fraction,
+    register,
+    tensor_seed,
+    weighted_parts,
+)
 from .ties import disjoint_merge
-from .trim import trim
+from .trim import Trim
 
 
 @register
@@ -33,19 +41,38 @@ class Dare(MergeMethod):
     def validate(self) -> None:
         check_fraction(self.name, "drop", self.params["drop"], False, True)
         check_fraction(self.name, "density", self.params["density"], True, False)
+        self.trim = Trim(self.params["density"], self.params["trim"])
 
-    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        dropped = [self._drop(i, d) for i, d in enumerate(deltas)]
+    def prepare(self, sources: list[Source]) -> None:
+        if self.params["merge"] == "ties":  # a global trim sees the dropped deltas
+            self.trim.prepare([_Dropped(self, i, s) for i, s in enumerate(sources)])
+
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        dropped = [None if p is None else self.drop(i, name, p) for i, p in enumerate(parts)]
         if self.params["merge"] == "sum":
-            return weighted_sum(dropped, alphas)
-        kept = trim(dropped, self.params["density"], self.params["trim"])
+            return weighted_parts(dropped, alphas)
+        kept = self.trim.apply(dropped)
         return disjoint_merge(kept, alphas, self.params["sign"], self.params["agg"])
 
-    def _drop(self, index: int, delta: Params) -> Params:
+    def drop(self, index: int, name: str, tensor: torch.Tensor) -> torch.Tensor:
         p = self.params["drop"]
-        out = {}
-        for name, tensor in delta.items():
-            generator = torch.Generator().manual_seed(tensor_seed(self.seed, index, name))
-            keep = torch.rand(tensor.shape, generator=generator) >= p
-            out[name] = torch.where(keep, tensor.float() / (1.0 - p), 0.0)
-        return out
+        generator = torch.Generator().manual_seed(tensor_seed(self.seed, index, name))
+        keep = torch.rand(tensor.shape, generator=generator) >= p
+        return torch.where(keep, tensor.float() / (1.0 - p), 0.0)
+
+
+class _Dropped:
+    """A source seen through dare's drop of ingredient `index`."""
+
+    def __init__(self, method: Dare, index: int, source: Source):
+        self.method, self.index, self.source = method, index, source
+        self.names = source.names
+
+    def numel(self, name: str) -> int:
+        return self.source.numel(name)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.method.drop(self.index, name, self.source.tensor(name))
+
+    def release(self, name: str) -> None:
+        self.source.release(name)

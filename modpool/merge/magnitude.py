@@ -3,8 +3,10 @@ coefficients (TIES without sign election)."""
 
 from __future__ import annotations
 
-from .base import MergeMethod, Params, check_fraction, register, weighted_sum
-from .trim import trim
+import torch
+
+from .base import MergeMethod, Parts, Source, check_fraction, register, weighted_parts
+from .trim import Trim
 
 
 @register
@@ -15,6 +17,10 @@ class Magnitude(MergeMethod):
 
     def validate(self) -> None:
         check_fraction(self.name, "density", self.params["density"], True, False)
+        self.trim = Trim(self.params["density"], self.params["trim"])
 
-    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        return weighted_sum(trim(deltas, self.params["density"], self.params["trim"]), alphas)
+    def prepare(self, sources: list[Source]) -> None:
+        self.trim.prepare(sources)
+
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        return weighted_parts(self.trim.apply(parts), alphas)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import MergeMethod, Params, register, weighted_sum
+import torch
+
+from .base import MergeMethod, Parts, register, weighted_parts
 
 
 @register
 class Mean(MergeMethod):
     name = "mean"
 
-    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        count = len(deltas)
-        return weighted_sum(deltas, [a / count for a in alphas])
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        return weighted_parts(parts, [a / len(parts) for a in alphas])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .base import MergeMethod, Params, register, weighted_sum
+import torch
+
+from .base import MergeMethod, Parts, register, weighted_parts
 
 
 @register
 class Sum(MergeMethod):
     name = "sum"
 
-    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        return weighted_sum(deltas, alphas)
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        return weighted_parts(parts, alphas)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Params, check_fraction, names_of, register
-from .trim import trim
+from .base import MergeMethod, Parts, Source, check_fraction, register
+from .trim import Trim
 
 
 @register
@@ -26,23 +26,24 @@ class Ties(MergeMethod):
 
     def validate(self) -> None:
         check_fraction(self.name, "density", self.params["density"], True, False)
+        self.trim = Trim(self.params["density"], self.params["trim"])
 
-    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
-        kept = trim(deltas, self.params["density"], self.params["trim"])
+    def prepare(self, sources: list[Source]) -> None:
+        self.trim.prepare(sources)
+
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        kept = self.trim.apply(parts)
         return disjoint_merge(kept, alphas, self.params["sign"], self.params["agg"])
 
 
-def disjoint_merge(kept: list[Params], alphas: list[float], sign: str, agg: str) -> Params:
-    out: Params = {}
-    for name in names_of(kept):
-        stack = torch.stack([a * d[name] for d, a in zip(kept, alphas) if name in d])
-        if sign == "mass":
-            elected = torch.sign(stack.sum(0))
-        else:
-            elected = torch.sign((stack > 0).sum(0) - (stack < 0).sum(0)).float()
-        agree = (torch.sign(stack) == elected) & (stack != 0)
-        total = torch.where(agree, stack, 0.0).sum(0)
-        if agg == "mean":
-            total = total / agree.sum(0).clamp(min=1)
-        out[name] = total
-    return out
+def disjoint_merge(kept: Parts, alphas: list[float], sign: str, agg: str) -> torch.Tensor:
+    stack = torch.stack([a * k for k, a in zip(kept, alphas) if k is not None])
+    if sign == "mass":
+        elected = torch.sign(stack.sum(0))
+    else:
+        elected = torch.sign((stack > 0).sum(0) - (stack < 0).sum(0)).float()
+    agree = (torch.sign(stack) == elected) & (stack != 0)
+    total = torch.where(agree, stack, 0.0).sum(0)
+    if agg == "mean":
+        total = total / agree.sum(0).clamp(min=1)
+    return total

@@ -1,0 +1,162 @@
+"""Issue 6 benchmark: streaming composition at ViT-B/32 image-tower size.
+
+Eight random modules of the ViT-B/32 image tower (88M parameters, 352 MB each in fp32)
+in a pool of a randomly initialised `openclip:ViT-B-32:none` base. Measured, each in a
+fresh interpreter with the files in the page cache, alternating, `--repeats` times:
+
+- `compose` (sum) of the eight: wall time, and peak RSS above the interpreter's baseline
+  (after imports and opening the pool; VmHWM reset through /proc/self/clear_refs);
+- a plain read-and-sum of the same files (`safetensors.torch.load_file` each, add);
+- `forget` of one module, which rebuilds the eight-module composition from seven;
+- `export` of the composition (peak above the loaded base, which export must hold).
+
+Reported: peak / size of one module (target <= 1.5) and plain time / compose time
+(target >= 0.5), medians over the repeats.
+
+    python benchmarks/streaming.py [--repeats 3] [--modules 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from _common import run_isolated, write
+
+from modpool import Pool
+
+BASE = "openclip:ViT-B-32:none"
+POOL = Path(__file__).parent / ".pools" / "streaming"
+
+PRELUDE = """
+import json, time, sys
+sys.path.insert(0, {bench!r})
+from _common import peak_rss_bytes, reset_peak_rss, rss_bytes
+import torch
+from modpool import Pool
+pool = Pool({pool!r})
+names = {names!r}
+"""
+COMPOSE = """
+before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
+pool.compose(names, {output!r}, "sum", 0.3)
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before}}))
+"""
+PLAIN = """
+from safetensors.torch import load_file
+before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
+total = None
+for name in names:
+    tensors = load_file(pool.entry(name).path)
+    if total is None:
+        total = {{k: 0.3 * v for k, v in tensors.items()}}
+    else:
+        for k, v in tensors.items():
+            total[k].add_(v, alpha=0.3)
+    del tensors
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before}}))
+"""
+FORGET = """
+before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
+report = pool.forget(names[-1])
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before,
+                  "rebuilt": [r["name"] for r in report.rebuilt]}}))
+"""
+EXPORT = """
+from modpool.export import export_weights
+pool.base
+before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
+export_weights(pool, {output!r}, {path!r})
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before}}))
+"""
+
+
+def prepare(count: int) -> tuple[Pool, list[str]]:
+    import torch
+
+    pool = Pool.open_or_create(POOL, BASE)
+    names = [f"m{i}" for i in range(count)]
+    for i, name in enumerate(names):
+        if not pool.exists(name):
+            generator = torch.Generator().manual_seed(i)
+            delta = {
+                k: 1e-3 * torch.randn(shape, generator=generator)
+                for k, (shape, _) in pool.manifest.items()
+            }
+            pool.save_module(name, delta, "mnist", "nonlinear")
+            print("wrote", name, flush=True)
+    for entry in pool.entries():
+        if entry.type == "composition":
+            pool.forget(entry.name)
+    return pool, names
+
+
+def warm(pool: Pool, names: list[str]) -> None:
+    for name in names:
+        pool.entry(name).path.read_bytes()
+
+
+def probe(body: str, names: list[str], **fmt) -> dict:
+    prelude = PRELUDE.format(bench=str(Path(__file__).parent), pool=str(POOL), names=names)
+    return run_isolated(prelude + body.format(**fmt))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modules", type=int, default=8)
+    args = parser.parse_args()
+    pool, names = prepare(args.modules)
+    module_bytes = pool.entry(names[0]).path.stat().st_size
+    params = sum(int(__import__("math").prod(s)) for s, _ in pool.manifest.values())
+    runs: dict[str, list[dict]] = {"compose": [], "plain": []}
+    for i in range(args.repeats):
+        warm(pool, names)
+        runs["plain"].append(probe(PLAIN, names))
+        warm(pool, names)
+        runs["compose"].append(probe(COMPOSE, names, output=f"c{i}"))
+        print(i, runs["plain"][-1], runs["compose"][-1], flush=True)
+        if i < args.repeats - 1:
+            Pool(POOL).forget(f"c{i}")
+    last = f"c{args.repeats - 1}"
+    export_path = POOL.parent / "streaming-export.safetensors"
+    warm(pool, [last])
+    runs["export"] = [probe(EXPORT, names, output=last, path=str(export_path))]
+    export_path.unlink()
+    warm(pool, names)
+    runs["forget"] = [probe(FORGET, names)]
+    print(runs["export"], runs["forget"], flush=True)
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    result = {
+        "base": BASE,
+        "modules": args.modules,
+        "parameters_per_module": params,
+        "module_bytes": module_bytes,
+        "runs": runs,
+        "compose_seconds": median("compose", "seconds"),
+        "plain_seconds": median("plain", "seconds"),
+        "compose_peak_over_module": median("compose", "peak_above_baseline") / module_bytes,
+        "plain_peak_over_module": median("plain", "peak_above_baseline") / module_bytes,
+        "speed_ratio_compose_vs_plain": median("plain", "seconds") / median("compose", "seconds"),
+        "forget_peak_over_module": runs["forget"][0]["peak_above_baseline"] / module_bytes,
+        "export_peak_over_module": runs["export"][0]["peak_above_baseline"] / module_bytes,
+    }
+    print(
+        f"compose peak {result['compose_peak_over_module']:.3f}x one module "
+        f"(plain {result['plain_peak_over_module']:.2f}x), speed {result['speed_ratio_compose_vs_plain']:.2f}x "
+        f"of plain read-and-sum; forget peak {result['forget_peak_over_module']:.3f}x; "
+        f"export peak {result['export_peak_over_module']:.3f}x"
+    )
+    write("streaming", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Issue 6 benchmark: the cost of tangent training relative to nonlinear, per training step.
+
+For the offline base (EfficientNet-Lite0, 64 px) and a randomly initialised ViT-B/32
+(224 px), at the same batch: seconds per step and peak RSS above the start of training,
+each variant in a fresh interpreter, on random images through a random linear head (cost
+does not depend on the data). Variants: nonlinear and tangent on the whole tower, and
+both with `--last-blocks K` (only the last K blocks trained; in tangent mode the JVP then
+runs through those blocks only). Ratios are tangent / nonlinear-whole-tower, from one run.
+
+    python benchmarks/tangent_cost.py [--bases offline vit-b-32] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from _common import run_isolated, write
+
+BASES = {
+    "offline": {"spec": "offline", "batch": 32, "steps": 20, "last_blocks": 4},
+    "vit-b-32": {"spec": "openclip:ViT-B-32:none", "batch": 16, "steps": 6, "last_blocks": 3},
+}
+VARIANTS = [
+    ("nonlinear", None),
+    ("tangent", None),
+    ("tangent", "K"),
+    ("nonlinear", "K"),
+]
+
+PROBE = """
+import json, time, torch
+from _common import peak_rss_bytes, reset_peak_rss, rss_bytes
+from modpool.bases import load_base
+from modpool.head import Head
+from modpool.tasks.task import ImageTensors
+from modpool.train import TrainConfig, finetune
+torch.manual_seed(0)
+base = load_base({spec!r})
+size = base.image_size
+with torch.no_grad():
+    dim = base.tower(base.prepare(torch.rand(1, 3, size, size))).shape[-1]
+head = Head(0.01 * torch.randn(10, dim), torch.zeros(10))
+data = ImageTensors(torch.randint(0, 256, ({n}, 3, size, size), dtype=torch.uint8),
+                    torch.randint(0, 10, ({n},)))
+cfg = TrainConfig(mode={mode!r}, steps={steps}, epochs=None, batch_size={batch}, warmup=1,
+                  lr=2e-5, last_blocks={last_blocks!r})
+reset_peak_rss()
+before = rss_bytes()
+result = finetune(base, head, data, cfg, show_progress=False)
+trained = sum(v.numel() for v in result.delta.values())
+print(json.dumps({{"seconds_per_step": result.seconds / result.steps,
+                  "peak_rss_above_start": peak_rss_bytes() - before,
+                  "trained_parameters": trained}}))
+"""
+
+
+def measure(name: str, setting: dict, repeats: int) -> dict:
+    out: dict = {"batch_size": setting["batch"], "last_blocks": setting["last_blocks"]}
+    for mode, partial in VARIANTS:
+        key = mode + ("" if partial is None else f"-last{setting['last_blocks']}")
+        runs = []
+        for _ in range(repeats):
+            runs.append(
+                run_isolated(
+                    PROBE.format(
+                        spec=setting["spec"],
+                        mode=mode,
+                        steps=setting["steps"],
+                        batch=setting["batch"],
+                        n=setting["batch"] * setting["steps"],
+                        last_blocks=None if partial is None else setting["last_blocks"],
+                    )
+                )
+            )
+        out[key] = {
+            "seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),
+            "peak_rss_above_start": statistics.median(r["peak_rss_above_start"] for r in runs),
+            "trained_parameters": runs[0]["trained_parameters"],
+            "runs": runs,
+        }
+        print(name, key, out[key]["seconds_per_step"], out[key]["peak_rss_above_start"], flush=True)
+    reference = out["nonlinear"]
+    for key in [k for k in out if isinstance(out[k], dict) and k != "nonlinear"]:
+        out[key]["ratio_time"] = out[key]["seconds_per_step"] / reference["seconds_per_step"]
+        out[key]["ratio_memory"] = (
+            out[key]["peak_rss_above_start"] / reference["peak_rss_above_start"]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    result = {"bases": {}}
+    for name in args.bases:
+        result["bases"][name] = measure(name, BASES[name], args.repeats)
+    write("tangent_cost", result)
+
+
+if __name__ == "__main__":
+    main()
