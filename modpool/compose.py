@@ -9,12 +9,11 @@ front, is filled in last. Peak memory is a few tensors, whatever the number of m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
-import torch
-
-from .artifact import FORMAT, ArtifactFile, Manifest, encode_metadata
+from .artifact import FORMAT, ArtifactFile, Manifest, all_finite, encode_metadata
 from .encoding import Storage
 from .errors import ModpoolError
 from .merge import get_method
@@ -38,9 +37,12 @@ def write_composition(
     recipe: dict,
     meta: dict,
     manifest: Manifest,
+    digests: list[Callable[[], str]] | None = None,
 ) -> None:
     """Merge `sources` per `recipe` into `out`. Completes `recipe` (ingredient hashes and
-    types, the method's full parameters) and stores it in the file's metadata."""
+    types, the method's full parameters) and stores it in the file's metadata. `digests`
+    give the ingredients' sha256 (a pool remembers them); by default each file is hashed."""
+    digests = digests or [s.sha256 for s in sources]
     method = get_method(recipe["method"], recipe["seed"], **recipe["params"])
     recipe["params"] = method.recipe_params()
     storage = Storage.from_dict(recipe.get("storage"))
@@ -48,7 +50,7 @@ def write_composition(
     names = sorted(set().union(*(s.shapes for s in sources)))
     plan = [e for n in names for e in storage.layout(n, list(manifest[n][0]))]
     with ThreadPoolExecutor(max_workers=1) as hasher:
-        hashes = [hasher.submit(s.sha256) for s in sources]
+        hashes = [hasher.submit(digest) for digest in digests]
         for ingredient, source in zip(recipe["ingredients"], sources):
             ingredient["sha256"] = HASH_PLACEHOLDER  # the final hash has the same length
             ingredient["type"] = source.meta["type"]
@@ -58,7 +60,7 @@ def write_composition(
         for name in names:
             parts = [s.tensor(name) if name in s.shapes else None for s in sources]
             merged = method.merge_tensor(name, parts, alphas)
-            if not torch.isfinite(merged).all():
+            if not all_finite(merged):
                 raise ModpoolError(
                     f"{output}: '{name}' has NaN or infinite values; nothing was written"
                 )

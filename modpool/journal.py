@@ -30,6 +30,7 @@ class Transaction:
         self.puts: list[tuple[str, str]] = []
         self.deletes: list[str] = []
         self.audit: list[dict] = []
+        self.committed: list = []  # callbacks run once the change is applied (still locked)
 
     def write(self, rel: str, data: bytes) -> None:
         """Stage `data` for `rel` (relative to the pool root)."""
@@ -61,6 +62,8 @@ class Transaction:
         atomic_write_json(self.root / JOURNAL, journal)
         crash_point()
         apply(self.root, journal)
+        for callback in self.committed:
+            callback()
 
     def abort(self) -> None:
         for tmp, _ in self.puts:

@@ -42,6 +42,7 @@ from .bases import DEFAULT_BASE, Base, fingerprint, load_base, manifest, resolve
 from .compose import check_kinds, write_composition
 from .encoding import Storage
 from .errors import ModpoolError
+from .hashes import HashCache
 from .head import Head, fit_linear_head
 from .journal import Transaction, pending, recover
 from .model import EditedModel
@@ -62,21 +63,20 @@ def now() -> str:
 
 
 def versions() -> dict[str, str]:
-    import safetensors
-    import timm
+    """Library versions recorded in every file, read from package metadata (importing timm
+    or open_clip just to ask would cost seconds in a command that needs neither)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {
-        "modpool": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "safetensors": safetensors.__version__,
-    }
-    try:
-        import open_clip
-
-        out["open_clip"] = open_clip.__version__
-    except ImportError:
-        pass
+    out = {"modpool": __version__, "torch": torch.__version__}
+    for key, dist in (
+        ("timm", "timm"),
+        ("safetensors", "safetensors"),
+        ("open_clip", "open_clip_torch"),
+    ):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -155,6 +155,7 @@ class Pool:
         self.manifest = {k: (v[0], v[1]) for k, v in self.config["manifest"].items()}
         self.fingerprint: str = self.config["fingerprint"]
         self._base: Base | None = None
+        self.hashes = HashCache(self.root)
         self.recovered: list[str] = []
         if pending(self.root):
             with locked(self.root / ".lock"):
@@ -381,7 +382,7 @@ class Pool:
         data = to_bytes(tensors, meta, storage)
         with self.change() as txn:
             self._require_new(name)
-            txn.write(f"modules/{name}.safetensors", data)
+            self._stage(txn, f"modules/{name}.safetensors", data)
             txn.log(
                 {
                     "time": now(),
@@ -437,7 +438,7 @@ class Pool:
                             "which this pool lacks: import its ingredients first"
                         )
                 sub = "modules" if artifact.meta["type"] == "module" else "compositions"
-                txn.write(f"{sub}/{name}.safetensors", data)
+                self._stage(txn, f"{sub}/{name}.safetensors", data, artifact.sha256)
                 txn.log(
                     {
                         "time": now(),
@@ -602,11 +603,19 @@ class Pool:
         """theta_0 - alpha * tau: remove a capability the base had."""
         return self.compose([name], output, "sum", [-alpha], search=search)
 
-    def open_artifact(self, name: str, staged: dict[str, Path] | None = None) -> ArtifactFile:
+    def open_artifact(self, name: str, staged: dict | None = None) -> ArtifactFile:
         """Open one artifact for reading tensor by tensor (validated against this pool's
-        base); `staged` maps names rebuilt earlier in the same change to their staged file."""
-        path = (staged or {}).get(name) or self.entry(name).path
+        base); `staged` maps names rebuilt earlier in the same change to (file, sha256)."""
+        path = (staged or {}).get(name, (None,))[0] or self.entry(name).path
         return ArtifactFile.open(path, self.manifest, self.fingerprint)
+
+    def _stage(self, txn: Transaction, rel: str, data: bytes, sha: str | None = None) -> None:
+        """Stage a whole file in `txn`; its hash is remembered once the change commits."""
+        txn.write(rel, data)
+        self._remember(txn, rel, sha or _digest(data))
+
+    def _remember(self, txn: Transaction, rel: str, sha: str) -> None:
+        txn.committed.append(lambda: self.hashes.remember(self.root / rel, sha))
 
     def _build(
         self,
@@ -614,11 +623,12 @@ class Pool:
         output: str,
         recipe: dict,
         extra_meta: dict | None = None,
-        staged: dict[str, Path] | None = None,
+        staged: dict[str, tuple[Path, str]] | None = None,
     ) -> str:
         """Write a composition from its recipe into `txn`, streaming; returns its sha256
         and records its staged file in `staged` for later rebuilds of the same change."""
         names = [i["name"] for i in recipe["ingredients"]]
+        staged = staged if staged is not None else {}
         with contextlib.ExitStack() as stack:
             sources = [stack.enter_context(self.open_artifact(n, staged)) for n in names]
             kind = check_kinds(names, sources)
@@ -637,26 +647,36 @@ class Pool:
                 "created": now(),
                 **(extra_meta or {}),
             }
-            with txn.stream(f"compositions/{output}.safetensors") as f:
-                write_composition(f, output, sources, recipe, meta, self.manifest)
+            digests = [self._digest_of(n, staged) for n in names]
+            rel = f"compositions/{output}.safetensors"
+            with txn.stream(rel) as f:
+                write_composition(f, output, sources, recipe, meta, self.manifest, digests)
                 staged_path = Path(f.name)
-        if staged is not None:
-            staged[output] = staged_path
-        return sha256_file(staged_path)
+        sha = sha256_file(staged_path)
+        staged[output] = (staged_path, sha)
+        self._remember(txn, rel, sha)
+        return sha
+
+    def _digest_of(self, name: str, staged: dict):
+        """A function giving the sha256 of an ingredient (cheap when cached)."""
+        if name in staged:
+            return lambda: staged[name][1]
+        path = self.entry(name).path
+        return lambda: self.hashes.sha256(path)
 
     # ---- forgetting ------------------------------------------------------------------
     def forget(self, name: str) -> ForgetReport:
         """Remove a module or composition and rebuild every composition that used it."""
         with self.change() as txn:
             target = self.entry(name)
-            target_sha = _sha(target.path)
+            target_sha = self.hashes.sha256(target.path)
             report = ForgetReport(name, fisher_used_by=self.fisher_dependents(name))
             removed = {name}
-            staged: dict[str, Path] = {}
+            staged: dict[str, tuple[Path, str]] = {}
             for entry in self._dependents_in_order(name):
                 recipe = entry.meta["recipe"]
                 remaining = [i for i in recipe["ingredients"] if i["name"] not in removed]
-                before = _sha(entry.path)
+                before = self.hashes.sha256(entry.path)
                 if not remaining:
                     removed.add(entry.name)
                     report.removed.append(entry.name)
@@ -768,7 +788,7 @@ class Pool:
         show_progress: bool | None,
         use_cache: bool,
     ) -> tuple[float, int, bool]:
-        sha = f"base:{self.fingerprint}" if entry is None else _sha(entry.path)
+        sha = f"base:{self.fingerprint}" if entry is None else self.hashes.sha256(entry.path)
         if use_cache:
             for record in reversed(self.history()):
                 if (record.get("sha256"), record.get("task"), record.get("split")) == (
@@ -879,7 +899,3 @@ def _alphas(alpha: float | list[float] | None, count: int, method: str) -> list[
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha(path: Path) -> str:
-    return sha256_file(path)

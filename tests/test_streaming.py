@@ -229,3 +229,29 @@ def test_finetune_stores_compact_module(clip_pool, capsys):
     assert meta["dtype"] == "float16" and meta["storage"]["density"] == 0.5
     tensors = clip_pool.read("digits-nonlinear").tensors
     assert all(t.dtype == torch.float32 for t in tensors.values())
+
+
+def test_hash_cache_reuses_and_notices_changes(clip_pool, monkeypatch):
+    import hashlib
+
+    import modpool.hashes
+
+    _save(clip_pool, 2)
+    clip_pool.add(["m0", "m1"], "s", 0.5)
+    paths = [clip_pool.entry(n).path for n in ("m0", "m1", "s")]
+    truth = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    recipe = clip_pool.entry("s").meta["recipe"]
+    assert [i["sha256"] for i in recipe["ingredients"]] == [truth[paths[0]], truth[paths[1]]]
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(modpool.hashes, "sha256_file", no_hashing)
+    fresh = type(clip_pool)(clip_pool.root)  # another process: reads hashes.jsonl
+    assert all(fresh.hashes.sha256(p) == truth[p] for p in paths)
+    monkeypatch.undo()
+    data = bytearray(paths[0].read_bytes())
+    data[-1] ^= 1  # changed in place: a new mtime, a new ctime
+    with open(paths[0], "r+b") as f:
+        f.write(data)
+    assert fresh.hashes.sha256(paths[0]) == hashlib.sha256(bytes(data)).hexdigest()

@@ -113,12 +113,20 @@ def weighted_sum(deltas: list[Params], weights: list[float]) -> Params:
 
 
 def weighted_parts(parts: Parts, weights: list[float]) -> torch.Tensor:
-    """sum_t w_t * part_t in float32, accumulated in ingredient order (deterministic)."""
-    total = None
+    """sum_t w_t * part_t in float32, accumulated in ingredient order (deterministic): each
+    product is rounded, then added, exactly as `w0 * p0 + w1 * p1 + ...` would be, but in
+    two buffers however many parts there are."""
+    total = scratch = None
     for part, w in zip(parts, weights):
-        if part is not None:
-            term = w * part.float()
-            total = term if total is None else total + term
+        if part is None:
+            continue
+        if total is None:
+            total = w * part.float()
+            continue
+        if scratch is None:
+            scratch = torch.empty_like(total)
+        torch.mul(part.float(), w, out=scratch)
+        total.add_(scratch)
     return total
 
 
