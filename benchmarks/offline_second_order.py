@@ -89,12 +89,58 @@ def fisher_cost(pool: Pool, names: list[str]) -> dict:
     return out
 
 
+FISHER_PROBE = """
+import json, time, torch
+from modpool import Pool
+from modpool.fisher import diagonal_fisher
+from modpool.tasks.task import take
+from modpool.train import TrainConfig, finetune
+pool = Pool({pool!r}); task = pool.task({task!r}); head = pool.head(task, show_progress=False)
+data = take(task.load("train", pool.base.image_size), torch.arange({examples}))
+fisher = diagonal_fisher(pool.base, head, data, 1, False, 0, None, show_progress=False)
+cfg = TrainConfig(mode="nonlinear", steps=None, epochs=1.0, batch_size=32, warmup=0.1, lr=2e-5)
+result = finetune(pool.base, head, data, cfg, show_progress=False)
+print(json.dumps({{"fisher_seconds": fisher.seconds, "epoch_seconds": result.seconds,
+                  "examples": {examples}}}))
+"""
+
+
+def fisher_cost_quiet(pool: Path, examples: int) -> dict:
+    """The Fisher pass vs one training epoch over the same examples, one quiet process per
+    task (the costs recorded in the modules were taken on a shared CPU)."""
+    from _common import run_isolated
+
+    out = {}
+    for task in OFFLINE:
+        r = run_isolated(FISHER_PROBE.format(pool=str(pool), task=task, examples=examples))
+        r["ratio_fisher_to_epoch"] = r["fisher_seconds"] / r["epoch_seconds"]
+        out[task] = r
+        print(task, r, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--fisher-examples", type=int, default=300)
     parser.add_argument("--pool", type=Path, default=POOLS / "second_order")
+    parser.add_argument(
+        "--fisher-cost-only",
+        action="store_true",
+        help="Only measure the Fisher pass against a training epoch, quietly; merge the "
+        "figures into the existing results.",
+    )
     args = parser.parse_args()
+    if args.fisher_cost_only:
+        import json
+
+        from _common import RESULTS
+
+        previous = json.loads((RESULTS / "offline_second_order.json").read_text())
+        previous.pop("environment", None)
+        previous["fisher_cost_quiet"] = fisher_cost_quiet(args.pool, args.fisher_examples)
+        write("offline_second_order", previous)
+        return
     if not args.pool.exists() and (POOLS / "core").exists():
         shutil.copytree(POOLS / "core", args.pool)
     pool = Pool.open_or_create(args.pool, "offline")

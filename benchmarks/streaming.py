@@ -6,7 +6,9 @@ fresh interpreter with the files in the page cache, alternating, `--repeats` tim
 
 - `compose` (sum) of the eight: wall time, and peak RSS above the interpreter's baseline
   (after imports and opening the pool; VmHWM reset through /proc/self/clear_refs);
-- a plain read-and-sum of the same files (`safetensors.torch.load_file` each, add);
+- a plain read-and-sum of the same files (`safetensors.torch.load_file` each, add), and
+  the same followed by saving the sum (`save_file`, fsync), as compose must;
+- writing one module's bytes to disk with fsync (the disk's floor for any compose);
 - `forget` of one module, which rebuilds the eight-module composition from seven;
 - `export` of the composition (peak above the loaded base, which export must hold).
 
@@ -58,6 +60,26 @@ for name in names:
     del tensors
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before}}))
+"""
+PLAIN_SAVE = PLAIN.replace(
+    "seconds = time.perf_counter() - start",
+    """from safetensors.torch import save_file
+import os
+save_file(total, {out!r})
+with open({out!r}, "rb+") as f:
+    os.fsync(f.fileno())
+seconds = time.perf_counter() - start""",
+)
+DISK = """
+import os
+data = os.urandom({size})
+start = time.perf_counter()
+with open({out!r}, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_above_baseline": 0}}))
 """
 FORGET = """
 before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
@@ -114,13 +136,18 @@ def main() -> None:
     pool, names = prepare(args.modules)
     module_bytes = pool.entry(names[0]).path.stat().st_size
     params = sum(int(__import__("math").prod(s)) for s, _ in pool.manifest.values())
-    runs: dict[str, list[dict]] = {"compose": [], "plain": []}
+    runs: dict[str, list[dict]] = {"compose": [], "plain": [], "plain_save": [], "disk": []}
+    scratch = str(POOL.parent / "streaming-scratch.safetensors")
     for i in range(args.repeats):
         warm(pool, names)
         runs["plain"].append(probe(PLAIN, names))
         warm(pool, names)
+        runs["plain_save"].append(probe(PLAIN_SAVE, names, out=scratch))
+        runs["disk"].append(probe(DISK, names, out=scratch, size=module_bytes))
+        Path(scratch).unlink()
+        warm(pool, names)
         runs["compose"].append(probe(COMPOSE, names, output=f"c{i}"))
-        print(i, runs["plain"][-1], runs["compose"][-1], flush=True)
+        print(i, {k: round(v[-1]["seconds"], 3) for k, v in runs.items()}, flush=True)
         if i < args.repeats - 1:
             Pool(POOL).forget(f"c{i}")
     last = f"c{args.repeats - 1}"
@@ -145,7 +172,12 @@ def main() -> None:
         "plain_seconds": median("plain", "seconds"),
         "compose_peak_over_module": median("compose", "peak_above_baseline") / module_bytes,
         "plain_peak_over_module": median("plain", "peak_above_baseline") / module_bytes,
+        "plain_save_seconds": median("plain_save", "seconds"),
+        "disk_write_module_seconds": median("disk", "seconds"),
         "speed_ratio_compose_vs_plain": median("plain", "seconds") / median("compose", "seconds"),
+        "speed_ratio_compose_vs_plain_save": (
+            median("plain_save", "seconds") / median("compose", "seconds")
+        ),
         "forget_peak_over_module": runs["forget"][0]["peak_above_baseline"] / module_bytes,
         "export_peak_over_module": runs["export"][0]["peak_above_baseline"] / module_bytes,
     }

@@ -1,25 +1,22 @@
 """Build a composition file from its recipe, streaming: one parameter tensor at a time.
 
 Each ingredient is an opened `ArtifactFile` (a memory map); for every parameter the merge
-method combines the ingredients' tensors, the result is written at its planned offset,
-and the ingredients' pages are released. Meanwhile a thread hashes the ingredient files
-for the recipe (hashlib and torch both release the GIL), and the header, reserved up
-front, is filled in last. Peak memory is a few tensors, whatever the number of modules.
+method combines the ingredients' tensors, the result is written (and hashed) as it comes,
+and the ingredients' pages are released. The recipe names each ingredient by its sha256,
+which the pool remembers (`hashes.py`), so the header is complete before the first
+tensor. Peak memory is a few tensors, whatever the number of modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from .artifact import FORMAT, ArtifactFile, Manifest, all_finite, encode_metadata
-from .encoding import Storage
+from .encoding import DTYPES, Storage
 from .errors import ModpoolError
 from .merge import get_method
 from .tensorfile import TensorWriter
-
-HASH_PLACEHOLDER = "0" * 64
 
 
 def check_kinds(names: list[str], sources: list[ArtifactFile]) -> str:
@@ -38,37 +35,38 @@ def write_composition(
     meta: dict,
     manifest: Manifest,
     digests: list[Callable[[], str]] | None = None,
-) -> None:
-    """Merge `sources` per `recipe` into `out`. Completes `recipe` (ingredient hashes and
-    types, the method's full parameters) and stores it in the file's metadata. `digests`
-    give the ingredients' sha256 (a pool remembers them); by default each file is hashed."""
-    digests = digests or [s.sha256 for s in sources]
+) -> str:
+    """Merge `sources` per `recipe` into `out`; returns the file's sha256. Completes
+    `recipe` (ingredient hashes and types, the method's full parameters) and stores it in
+    the file's metadata. `digests` give the ingredients' sha256 (a pool remembers them);
+    by default each file is hashed."""
     method = get_method(recipe["method"], recipe["seed"], **recipe["params"])
     recipe["params"] = method.recipe_params()
     storage = Storage.from_dict(recipe.get("storage"))
+    if storage.density != 1:
+        raise ModpoolError("compositions are stored dense: compact their modules instead")
     alphas = [i["alpha"] for i in recipe["ingredients"]]
+    digests = digests or [s.sha256 for s in sources]
+    for ingredient, source, digest in zip(recipe["ingredients"], sources, digests):
+        ingredient["sha256"] = digest()
+        ingredient["type"] = source.meta["type"]
     names = sorted(set().union(*(s.shapes for s in sources)))
-    plan = [e for n in names for e in storage.layout(n, list(manifest[n][0]))]
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        hashes = [hasher.submit(digest) for digest in digests]
-        for ingredient, source in zip(recipe["ingredients"], sources):
-            ingredient["sha256"] = HASH_PLACEHOLDER  # the final hash has the same length
-            ingredient["type"] = source.meta["type"]
-        header = {"format": FORMAT, **meta, "recipe": recipe}
-        writer = TensorWriter(out, plan, encode_metadata(header))
+    plan = [(n, storage.code, list(manifest[n][0])) for n in names]
+    header = encode_metadata({"format": FORMAT, **meta, "recipe": recipe})
+    with TensorWriter(out, plan, header) as writer:
         method.prepare(sources)
-        for name in names:
-            parts = [s.tensor(name) if name in s.shapes else None for s in sources]
+        for name in writer.order:  # one dtype: the planned order is the names' order
+            check = not method.propagates_nonfinite  # else the output check covers them
+            parts = [s.tensor(name, check) if name in s.shapes else None for s in sources]
             merged = method.merge_tensor(name, parts, alphas)
             if not all_finite(merged):
                 raise ModpoolError(
-                    f"{output}: '{name}' has NaN or infinite values; nothing was written"
+                    f"{output}: '{name}' would hold NaN or infinite values (an ingredient "
+                    "holds them, or the merge overflows); nothing was written. "
+                    "`modpool check` finds corrupt files"
                 )
-            for key, value in storage.encode(name, merged).items():
-                writer.write(key, value)
+            writer.write(name, merged.to(DTYPES[storage.dtype]))
             for source in sources:
                 if name in source.shapes:
                     source.release(name)
-        for ingredient, digest in zip(recipe["ingredients"], hashes):
-            ingredient["sha256"] = digest.result()
-    writer.finish(encode_metadata(header))
+        return writer.finish()

@@ -36,18 +36,17 @@ def export_weights(pool, name: str, path: Path | str) -> Path:
             state, prefix = base.tower.state_dict(), ""
         meta = {
             "modpool_source": name,
-            "modpool_sha256": artifact.sha256(),
+            "modpool_sha256": pool.hashes.sha256(pool.entry(name).path),
             "base": pool.config["base"],
             "base_fingerprint": pool.fingerprint,
         }
         plan = [(k, DTYPE_NAME[v.dtype], list(v.shape)) for k, v in state.items()]
-        with atomic_writer(path) as f:
-            writer = TensorWriter(f, plan, meta)
-            for key, value in state.items():  # one edited tensor at a time
-                local = key.removeprefix(prefix) if key.startswith(prefix) else None
-                if local in artifact.shapes:
+        with atomic_writer(path) as f, TensorWriter(f, plan, meta) as writer:
+            for key in writer.order:  # one edited tensor at a time
+                value, local = state[key], key.removeprefix(prefix)
+                if key.startswith(prefix) and local in artifact.shapes:
                     value = (value.float() + artifact.tensor(local)).to(value.dtype)
                     artifact.release(local)
                 writer.write(key, value)
-            writer.finish(meta)
+            writer.finish()
     return path

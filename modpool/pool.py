@@ -48,7 +48,7 @@ from .journal import Transaction, pending, recover
 from .model import EditedModel
 from .storage import append_jsonl, atomic_write_bytes, locked, read_jsonl
 from .tasks import Task, get_task
-from .tensorfile import parse_header, sha256_file
+from .tensorfile import parse_header
 
 POOL_FORMAT = "modpool-pool/1"
 HEAD_FORMAT = "modpool-head/1"
@@ -650,9 +650,8 @@ class Pool:
             digests = [self._digest_of(n, staged) for n in names]
             rel = f"compositions/{output}.safetensors"
             with txn.stream(rel) as f:
-                write_composition(f, output, sources, recipe, meta, self.manifest, digests)
+                sha = write_composition(f, output, sources, recipe, meta, self.manifest, digests)
                 staged_path = Path(f.name)
-        sha = sha256_file(staged_path)
         staged[output] = (staged_path, sha)
         self._remember(txn, rel, sha)
         return sha

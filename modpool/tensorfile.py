@@ -3,20 +3,23 @@
 Reading maps the file (`mmap`) and hands out zero-copy views of one tensor at a time;
 `release` drops a tensor's pages from the process again (`madvise(MADV_DONTNEED)`), so the
 resident memory of a pass over many files stays at a few tensors. Writing plans the layout
-up front (the shapes of a delta are known before its values), reserves the header, writes
-each tensor at its offset as it is computed, and fills the header in last: that lets the
-header carry facts learned during the pass (the sha256 of every input) without a second
-pass over the data. The header is padded with spaces, as the safetensors format allows.
+from the shapes alone (known before any value), writes the header, then each tensor as it
+is computed, hashing the bytes on the way. The header is padded with spaces to a multiple
+of 8 bytes, as the safetensors format allows.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import math
 import mmap
 import os
+import queue
 import struct
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -128,61 +131,113 @@ class TensorFile:
 
 
 class TensorWriter:
-    """Writes a safetensors file laid out by `plan`, each tensor at its own offset in any
-    order; `finish(meta)` writes the header, padded to the space reserved for `estimate`
-    (a metadata dict of the same shape: values whose length changes, like hashes, must be
-    given at their final length)."""
+    """Writes a safetensors file front to back: the header first (the layout is planned from
+    the shapes alone, so it is known before any value), then each tensor, in `order`, as it
+    is computed. A thread hashes and writes the bytes while the caller computes the next
+    tensor, and starts their writeback to disk every `SYNC_EVERY` bytes, so the final fsync
+    of a large file has little left to do."""
 
-    SLACK = 1024
+    SYNC_EVERY = 64 * 1024 * 1024
+    QUEUED = 4  # tensors waiting to be written, at most: bounds the memory held
 
-    def __init__(self, file: BinaryIO, plan: Plan, estimate: dict[str, str]):
-        self.file, self.fd = file, file.fileno()
-        ordered = sorted(plan, key=lambda e: (-ITEMSIZE[e[1]], e[0]))  # keeps views aligned
-        self.entries: dict[str, dict] = {}
-        position = 0
-        for key, dtype, shape in ordered:
+    def __init__(self, file: BinaryIO, plan: Plan, meta: dict[str, str]):
+        self.file = file
+        self.order = [key for key, _, _ in sorted(plan, key=lambda e: (-ITEMSIZE[e[1]], e[0]))]
+        layout = {key: (dtype, list(shape)) for key, dtype, shape in plan}
+        entries, position = {}, 0
+        for key in self.order:  # larger items first: every tensor stays aligned
+            dtype, shape = layout[key]
             size = math.prod(shape) * ITEMSIZE[dtype]
-            self.entries[key] = {
+            entries[key] = {
                 "dtype": dtype,
-                "shape": list(shape),
+                "shape": shape,
                 "data_offsets": [position, position + size],
             }
             position += size
-        self.data_size = position
-        reserved = len(self._header(estimate)) + self.SLACK
-        self.header_size = -(-reserved // 8) * 8
-        self.written: set[str] = set()
-
-    def _header(self, meta: dict[str, str]) -> bytes:
-        return json.dumps({"__metadata__": meta, **self.entries}, separators=(",", ":")).encode()
+        self.entries = entries
+        header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        self.digest = hashlib.sha256()
+        self.next = 0
+        self._queue: queue.Queue = queue.Queue(self.QUEUED)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+        self._queue.put(struct.pack("<Q", len(header)) + header)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
-        entry = self.entries.get(key)
-        if entry is None or key in self.written:
-            raise ModpoolError(f"internal error: tensor {key!r} not planned or written twice")
+        """Queue the next planned tensor for writing."""
+        if self._failure is not None:
+            raise self._failure
+        if self.next >= len(self.order) or self.order[self.next] != key:
+            expected = self.order[self.next] if self.next < len(self.order) else "nothing"
+            raise ModpoolError(f"internal error: wrote {key!r}, expected {expected!r}")
+        entry = self.entries[key]
         if DTYPE_NAME.get(tensor.dtype) != entry["dtype"] or list(tensor.shape) != entry["shape"]:
             raise ModpoolError(
                 f"internal error: {key!r} is {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{entry['dtype']} {entry['shape']}"
             )
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        offset = 8 + self.header_size + entry["data_offsets"][0]
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
-        self.written.add(key)
+        self._queue.put(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self.next += 1
 
-    def finish(self, meta: dict[str, str]) -> None:
-        missing = set(self.entries) - self.written
-        if missing:
-            raise ModpoolError(f"internal error: tensors never written: {sorted(missing)[:3]}")
-        header = self._header(meta)
-        if len(header) > self.header_size:
-            raise ModpoolError("internal error: the final header outgrew its reserved space")
-        header += b" " * (self.header_size - len(header))
-        os.pwrite(self.fd, struct.pack("<Q", self.header_size) + header, 0)
-        os.ftruncate(self.fd, 8 + self.header_size + self.data_size)
+    def finish(self) -> str:
+        """Wait for the writes, check that every planned tensor came; return the sha256."""
+        self.close()
+        if self._failure is not None:
+            raise self._failure
+        if self.next != len(self.order):
+            missing = self.order[self.next : self.next + 3]
+            raise ModpoolError(f"internal error: tensors never written: {missing}")
+        return self.digest.hexdigest()
+
+    def __enter__(self) -> TensorWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the writing thread (after the queued writes); `finish` does it too."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _drain(self) -> None:
+        written = unsynced = 0
+        while (data := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # keep draining so that the producer never blocks
+            try:
+                view = memoryview(data)
+                self.digest.update(view)  # hashlib and file writes release the GIL
+                self.file.write(view)
+                unsynced += len(view)
+                if unsynced >= self.SYNC_EVERY:
+                    self.file.flush()
+                    _start_writeback(self.file.fileno(), written, unsynced)
+                    written, unsynced = written + unsynced, 0
+            except BaseException as exc:  # reported to the producer
+                self._failure = exc
+        if self._failure is None:
+            self.file.flush()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting for it (Linux
+    `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later fsync finds little to do.
+    A hint only: where the call is missing nothing happens, and the fsync does it all."""
+    call = _sync_file_range()
+    if call is not None:
+        call(fd, ctypes.c_int64(offset), ctypes.c_int64(length), 2)
+
+
+@functools.cache
+def _sync_file_range():
+    try:
+        return ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
 
 
 def sha256_file(path: Path | str) -> str:

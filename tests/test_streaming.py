@@ -1,5 +1,7 @@
 """Streaming composition, the tensor-file reader and writer, and compact modules."""
 
+import hashlib
+
 import pytest
 import torch
 from conftest import random_delta, run_cli, snapshot
@@ -70,22 +72,27 @@ def test_writer_output_is_plain_safetensors(tmp_path):
         (k, {"w": "F32", "h": "BF16", "i": "I32", "m": "U8", "e": "F32"}[k], list(v.shape))
         for k, v in tensors.items()
     ]
-    meta = {"hash": "0" * 64}
+    meta = {"note": "written front to back"}
     path = tmp_path / "f.safetensors"
     with open(path, "wb") as f:
         writer = TensorWriter(f, plan, meta)
-        for key in ("m", "w", "e", "i", "h"):  # any order
+        assert writer.order == ["e", "i", "w", "h", "m"]  # larger items first, then by name
+        with pytest.raises(ModpoolError, match="expected .e."):
+            writer.write("w", tensors["w"])
+        for key in writer.order:
             writer.write(key, tensors[key])
-        writer.finish({"hash": "a" * 64})
+        digest = writer.finish()
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = load_file(path)
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     with TensorFile.open(path) as file:
-        assert file.raw_meta == {"hash": "a" * 64}
+        assert file.raw_meta == meta
         assert torch.equal(file.raw("w"), tensors["w"])
         file.release("w")
         assert torch.equal(file.raw("w"), tensors["w"])  # pages come back from the file
-    with open(tmp_path / "g", "wb") as f, pytest.raises(ModpoolError, match="never written"):
-        TensorWriter(f, plan, meta).finish(meta)
+    with open(tmp_path / "g", "wb") as f, TensorWriter(f, plan, meta) as writer:
+        with pytest.raises(ModpoolError, match="never written"):
+            writer.finish()
 
 
 def test_compact_encoding_round_trip():
@@ -232,8 +239,6 @@ def test_finetune_stores_compact_module(clip_pool, capsys):
 
 
 def test_hash_cache_reuses_and_notices_changes(clip_pool, monkeypatch):
-    import hashlib
-
     import modpool.hashes
 
     _save(clip_pool, 2)

@@ -53,6 +53,9 @@ class MergeMethod(ABC):
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # True when a NaN or infinity in any input always reaches the output (sums do; a trim
+    # can drop one), so checking the output checks the inputs too
+    propagates_nonfinite: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)
@@ -113,20 +116,31 @@ def weighted_sum(deltas: list[Params], weights: list[float]) -> Params:
 
 
 def weighted_parts(parts: Parts, weights: list[float]) -> torch.Tensor:
-    """sum_t w_t * part_t in float32, accumulated in ingredient order (deterministic): each
-    product is rounded, then added, exactly as `w0 * p0 + w1 * p1 + ...` would be, but in
-    two buffers however many parts there are."""
+    """sum_t w_t * part_t in float32, accumulated in ingredient order (deterministic). With
+    one shared weight it is w * (part_1 + ... + part_T), as task arithmetic writes it (one
+    product instead of T); otherwise each product is rounded, then added, exactly as
+    `w1 * p1 + w2 * p2 + ...` would be. Either way in two buffers, however many parts."""
+    present = [(p, w) for p, w in zip(parts, weights) if p is not None]
+    shared = len({w for _, w in present}) == 1
     total = scratch = None
-    for part, w in zip(parts, weights):
-        if part is None:
-            continue
+    for i, (part, w) in enumerate(present):
         if total is None:
-            total = w * part.float()
-            continue
-        if scratch is None:
-            scratch = torch.empty_like(total)
-        torch.mul(part.float(), w, out=scratch)
-        total.add_(scratch)
+            if not shared:
+                total = w * part.float()
+            elif len(present) == 1:
+                total = part.float().clone()
+            else:
+                total = torch.add(part.float(), present[1][0].float())
+        elif shared:
+            if i > 1:
+                total.add_(part)
+        else:
+            if scratch is None:
+                scratch = torch.empty_like(total)
+            torch.mul(part.float(), w, out=scratch)
+            total.add_(scratch)
+    if shared and present:
+        total.mul_(present[0][1])
     return total
 
 

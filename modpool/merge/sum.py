@@ -10,6 +10,7 @@ from .base import MergeMethod, Parts, register, weighted_parts
 @register
 class Sum(MergeMethod):
     name = "sum"
+    propagates_nonfinite = True
 
     def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
         return weighted_parts(parts, alphas)
