@@ -66,5 +66,12 @@ def peak_rss_bytes() -> int:
 
 def run_isolated(code: str) -> dict:
     """Run `code` in a fresh interpreter (own peak RSS); it prints one JSON line last."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    here = str(Path(__file__).resolve().parent)  # so that `from _common import ...` works
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
