@@ -8,7 +8,7 @@ reported against the *dense* modules' own accuracy, so that settings compare on 
 scale; the target is at most 15% of the dense size for at most 1 point of normalised
 accuracy lost against the dense composition.
 
-    python benchmarks/compact.py [--modes nonlinear tangent] [--epochs 1]
+    python benchmarks/compact.py [--modes nonlinear tangent] [--settings bf16:1 bf16:0.2]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def composition(pool: Pool, names: list[str], output: str, dense_acc: dict) -> d
     }
 
 
-def run_mode(pool: Pool, mode: str, epochs: float) -> dict:
+def run_mode(pool: Pool, mode: str, epochs: float, settings: list[tuple[str, float]]) -> dict:
     dense = ensure_modules(pool, OFFLINE, mode, epochs, show_progress=False)
     dense_acc = {
         pool.entry(n).meta["task"]: pool.evaluate(n, None, "test", show_progress=False)[0].accuracy
@@ -64,7 +64,7 @@ def run_mode(pool: Pool, mode: str, epochs: float) -> dict:
     }
     dense_bytes = sum(pool.entry(n).path.stat().st_size for n in dense)
     out = {"dense_module_accuracy": dense_acc, "settings": {}}
-    for dtype, density in SETTINGS:
+    for dtype, density in settings:
         key = f"{dtype}-d{density:g}"
         names = dense
         if (dtype, density) != ("fp32", 1.0):
@@ -95,13 +95,24 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["nonlinear", "tangent"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--pool", type=Path, default=POOLS / "compact")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[f"{d}:{k:g}" for d, k in SETTINGS],
+        help="DTYPE:DENSITY pairs (fp32:1 is always measured, as the reference)",
+    )
     args = parser.parse_args()
+    settings = [("fp32", 1.0)] + [
+        (d, float(k))
+        for d, k in (s.split(":") for s in args.settings)
+        if (d, float(k)) != ("fp32", 1.0)
+    ]
     if not args.pool.exists() and (POOLS / "core").exists():
         shutil.copytree(POOLS / "core", args.pool)  # reuse its modules (training is deterministic)
     pool = Pool.open_or_create(args.pool, "offline")
     result = {"epochs": args.epochs, "grid": GRID, "modes": {}}
     for mode in args.modes:
-        result["modes"][mode] = run_mode(pool, mode, args.epochs)
+        result["modes"][mode] = run_mode(pool, mode, args.epochs, settings)
     write("compact", result)
 
 
