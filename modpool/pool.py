@@ -7,6 +7,7 @@ Layout of a pool directory:
     modules/<name>.safetensors
     compositions/<name>.safetensors
     evals.jsonl             every evaluation (also the cache for repeated ones)
+    hashes.jsonl            a cache of file hashes (see hashes.py)
     audit.jsonl             every change: finetune, compose, import, forget
     .lock                   held while the pool changes
 
