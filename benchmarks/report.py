@@ -201,7 +201,7 @@ def compact(r: dict) -> list[str]:
         "the alpha picked on validation; test accuracy %, normalised against the dense "
         "modules' own accuracy.",
         "",
-        "| mode | storage | size vs dense fp32 | alpha | mean acc | mean normalised | "
+        "| mode | storage | size vs dense fp32 (%) | alpha | mean acc | mean normalised | "
         "points lost |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -1,6 +1,6 @@
 """modpool: edit pretrained vision models with composable task modules."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import ModpoolError  # noqa: E402
 from .pool import Pool  # noqa: E402
