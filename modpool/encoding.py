@@ -167,11 +167,3 @@ def release(file: TensorFile, name: str) -> None:
     for key in (name, VALUES + name, MASK + name, INDEX + name):
         if key in file.entries:
             file.release(key)
-
-
-def stored_bytes(file: TensorFile, skip_prefix: str) -> int:
-    return sum(
-        e["data_offsets"][1] - e["data_offsets"][0]
-        for k, e in file.entries.items()
-        if not k.startswith(skip_prefix)
-    )
