@@ -47,11 +47,12 @@ def random_delta(pool: Pool, seed: int, scale: float = 1e-3) -> dict[str, torch.
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file of a pool with its content hash: equal snapshots mean an unchanged pool."""
+    """Every file of a pool with its content hash: equal snapshots mean an unchanged pool.
+    The lock and the hash cache (hashes.jsonl: reading a file may add a line) aside."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
+        if p.is_file() and p.name not in (".lock", "hashes.jsonl")
     }
 
 

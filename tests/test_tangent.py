@@ -37,11 +37,14 @@ def test_tangent_at_zero_is_the_base(clip_pool):
     )
 
 
-def test_last_blocks_select_the_tail_of_the_tower(clip_pool, offline_pool):
+def test_last_blocks_of_a_vit_include_its_projection(clip_pool):
     clip = list(clip_pool.base.trainable(1))
-    assert clip[0] == "transformer.resblocks.1.ln_1.weight"
+    assert [n for n in clip if n != "proj"][0] == "transformer.resblocks.1.ln_1.weight"
     assert {"proj", "ln_post.weight"} <= set(clip)
     assert not any(n.startswith(("conv1", "transformer.resblocks.0")) for n in clip)
+
+
+def test_last_blocks_of_an_efficientnet(offline_pool):
     offline = list(offline_pool.base.trainable(2))
     assert offline[0].startswith("blocks.5.3.") and offline[-1] == "bn2.bias"
     assert len(offline_pool.base.trainable(16)) == len(offline_pool.base.trainable()) - 3
