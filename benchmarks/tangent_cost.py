@@ -5,9 +5,13 @@ For the offline base (EfficientNet-Lite0, 64 px) and a randomly initialised ViT-
 each variant in a fresh interpreter, on random images through a random linear head (cost
 does not depend on the data). Variants: nonlinear and tangent on the whole tower, and
 both with `--last-blocks K` (only the last K blocks trained; in tangent mode the JVP then
-runs through those blocks only). Ratios are tangent / nonlinear-whole-tower, from one run.
+runs through those blocks only). Tangent training is measured twice: as modpool does it
+(one dual-number pass without a graph, then the base's backward) and the direct way it
+replaced ("autograd-jvp": autograd through torch.func.jvp), the before and after.
+Repeats take turns (every variant once, then again); medians; ratios against nonlinear
+training of the whole tower, from one run.
 
-    python benchmarks/tangent_cost.py [--bases offline vit-b-32] [--repeats 1]
+    python benchmarks/tangent_cost.py [--bases offline vit-b-32] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ BASES = {
     "offline": {"spec": "offline", "batch": 32, "steps": 20, "last_blocks": 4},
     "vit-b-32": {"spec": "openclip:ViT-B-32:none", "batch": 16, "steps": 6, "last_blocks": 3},
 }
-VARIANTS = [
-    ("nonlinear", None),
-    ("tangent", None),
-    ("tangent", "K"),
-    ("nonlinear", "K"),
+VARIANTS = [  # (mode, last blocks, implementation of the tangent forward)
+    ("nonlinear", None, None),
+    ("tangent", None, None),
+    ("tangent", None, "autograd-jvp"),
+    ("tangent", "K", None),
+    ("tangent", "K", "autograd-jvp"),
+    ("nonlinear", "K", None),
 ]
 
 PROBE = """
@@ -35,6 +41,9 @@ from modpool.bases import load_base
 from modpool.head import Head
 from modpool.tasks.task import ImageTensors
 from modpool.train import TrainConfig, finetune
+if {direct!r}:
+    import modpool.forward, modpool.train
+    modpool.train.tangent_features = modpool.forward.reference_tangent_features
 torch.manual_seed(0)
 base = load_base({spec!r})
 size = base.image_size
@@ -55,31 +64,35 @@ print(json.dumps({{"seconds_per_step": result.seconds / result.steps,
 """
 
 
+def variant_name(mode: str, partial: str | None, direct: str | None, blocks: int) -> str:
+    return mode + ("" if partial is None else f"-last{blocks}") + (f" ({direct})" if direct else "")
+
+
 def measure(name: str, setting: dict, repeats: int) -> dict:
     out: dict = {"batch_size": setting["batch"], "last_blocks": setting["last_blocks"]}
-    for mode, partial in VARIANTS:
-        key = mode + ("" if partial is None else f"-last{setting['last_blocks']}")
-        runs = []
-        for _ in range(repeats):
-            runs.append(
-                run_isolated(
-                    PROBE.format(
-                        spec=setting["spec"],
-                        mode=mode,
-                        steps=setting["steps"],
-                        batch=setting["batch"],
-                        n=setting["batch"] * setting["steps"],
-                        last_blocks=None if partial is None else setting["last_blocks"],
-                    )
-                )
+    runs: dict[str, list[dict]] = {}
+    for _ in range(repeats):
+        for mode, partial, direct in VARIANTS:
+            key = variant_name(mode, partial, direct, setting["last_blocks"])
+            code = PROBE.format(
+                spec=setting["spec"],
+                mode=mode,
+                steps=setting["steps"],
+                batch=setting["batch"],
+                n=setting["batch"] * setting["steps"],
+                last_blocks=None if partial is None else setting["last_blocks"],
+                direct=direct,
             )
+            runs.setdefault(key, []).append(run_isolated(code))
+            last = runs[key][-1]
+            print(name, key, last["seconds_per_step"], last["peak_rss_above_start"], flush=True)
+    for key, done in runs.items():
         out[key] = {
-            "seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),
-            "peak_rss_above_start": statistics.median(r["peak_rss_above_start"] for r in runs),
-            "trained_parameters": runs[0]["trained_parameters"],
-            "runs": runs,
+            "seconds_per_step": statistics.median(r["seconds_per_step"] for r in done),
+            "peak_rss_above_start": statistics.median(r["peak_rss_above_start"] for r in done),
+            "trained_parameters": done[0]["trained_parameters"],
+            "runs": done,
         }
-        print(name, key, out[key]["seconds_per_step"], out[key]["peak_rss_above_start"], flush=True)
     reference = out["nonlinear"]
     for key in [k for k in out if isinstance(out[k], dict) and k != "nonlinear"]:
         out[key]["ratio_time"] = out[key]["seconds_per_step"] / reference["seconds_per_step"]
@@ -92,7 +105,7 @@ def measure(name: str, setting: dict, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     result = {"bases": {}}
     for name in args.bases:

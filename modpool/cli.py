@@ -764,14 +764,25 @@ def demo_table(result: dict) -> Table:
     return table
 
 
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecations
     try:
         app()
     except ModpoolError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only or vanished directory, permissions
+        what = exc.strerror or type(exc).__name__
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(
+            f"{what}{where}. Nothing was half-written: a change cut short is rolled back "
+            "(or completed) when the pool is next used; fix the cause and run the command again"
+        )
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; the pool is unchanged by the unfinished step")
         sys.exit(130)

@@ -133,12 +133,13 @@ class TensorFile:
 class TensorWriter:
     """Writes a safetensors file front to back: the header first (the layout is planned from
     the shapes alone, so it is known before any value), then each tensor, in `order`, as it
-    is computed. A thread hashes and writes the bytes while the caller computes the next
-    tensor, and starts their writeback to disk every `SYNC_EVERY` bytes, so the final fsync
-    of a large file has little left to do."""
+    is computed. Two threads take each tensor's bytes while the caller computes the next:
+    one hashes them, one writes them and starts their writeback to disk every `SYNC_EVERY`
+    bytes, so that the final fsync of a large file has little left to do. (Hashing and
+    writing in one thread made it the bottleneck of a composition.)"""
 
     SYNC_EVERY = 64 * 1024 * 1024
-    QUEUED = 4  # tensors waiting to be written, at most: bounds the memory held
+    QUEUED = 4  # tensors waiting for each thread, at most: bounds the memory held
 
     def __init__(self, file: BinaryIO, plan: Plan, meta: dict[str, str]):
         self.file = file
@@ -159,11 +160,10 @@ class TensorWriter:
         header += b" " * (-len(header) % 8)
         self.digest = hashlib.sha256()
         self.next = 0
-        self._queue: queue.Queue = queue.Queue(self.QUEUED)
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-        self._queue.put(struct.pack("<Q", len(header)) + header)
+        self._synced = self._unsynced = 0  # bytes whose writeback has started / not yet
+        self._workers = [_Worker(self._hash), _Worker(self._write)]
+        self._put(struct.pack("<Q", len(header)) + header)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         """Queue the next planned tensor for writing."""
@@ -178,7 +178,7 @@ class TensorWriter:
                 f"internal error: {key!r} is {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{entry['dtype']} {entry['shape']}"
             )
-        self._queue.put(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self._put(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
         self.next += 1
 
     def finish(self) -> str:
@@ -189,6 +189,7 @@ class TensorWriter:
         if self.next != len(self.order):
             missing = self.order[self.next : self.next + 3]
             raise ModpoolError(f"internal error: tensors never written: {missing}")
+        self.file.flush()
         return self.digest.hexdigest()
 
     def __enter__(self) -> TensorWriter:
@@ -198,29 +199,56 @@ class TensorWriter:
         self.close()
 
     def close(self) -> None:
-        """Stop the writing thread (after the queued writes); `finish` does it too."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Stop the threads (after the queued work); `finish` does it too."""
+        for worker in self._workers:
+            worker.stop()
+        failures = [w.failure for w in self._workers if w.failure is not None]
+        if failures and self._failure is None:
+            self._failure = failures[0]
 
-    def _drain(self) -> None:
-        written = unsynced = 0
-        while (data := self._queue.get()) is not None:
-            if self._failure is not None:
-                continue  # keep draining so that the producer never blocks
-            try:
-                view = memoryview(data)
-                self.digest.update(view)  # hashlib and file writes release the GIL
-                self.file.write(view)
-                unsynced += len(view)
-                if unsynced >= self.SYNC_EVERY:
-                    self.file.flush()
-                    _start_writeback(self.file.fileno(), written, unsynced)
-                    written, unsynced = written + unsynced, 0
-            except BaseException as exc:  # reported to the producer
-                self._failure = exc
-        if self._failure is None:
+    def _put(self, data) -> None:
+        for worker in self._workers:
+            if worker.failure is not None and self._failure is None:
+                self._failure = worker.failure
+            worker.put(data)
+
+    def _hash(self, view: memoryview) -> None:
+        self.digest.update(view)  # releases the GIL
+
+    def _write(self, view: memoryview) -> None:
+        self.file.write(view)  # releases the GIL
+        self._unsynced += len(view)
+        if self._unsynced >= self.SYNC_EVERY:
             self.file.flush()
+            _start_writeback(self.file.fileno(), self._synced, self._unsynced)
+            self._synced, self._unsynced = self._synced + self._unsynced, 0
+
+
+class _Worker:
+    """A thread applying `work` to each queued buffer, in order. After a failure it keeps
+    draining (so that the producer never blocks) and keeps the exception for the caller."""
+
+    def __init__(self, work):
+        self.work, self.failure = work, None
+        self.queue: queue.Queue = queue.Queue(TensorWriter.QUEUED)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def put(self, data) -> None:
+        self.queue.put(data)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.failure is None:
+                try:
+                    self.work(memoryview(data))
+                except BaseException as exc:  # reported to the producer
+                    self.failure = exc
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

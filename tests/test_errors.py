@@ -121,6 +121,17 @@ def test_bad_names_and_unknown_targets(populated, capsys):
     _fails(["add", "a", "b", "-o", "c", "--coef", "zzz=1"], populated, capsys, "--coef")
 
 
+def test_disk_full_while_composing(populated, capsys, monkeypatch):
+    """The streaming writer's thread fails mid-file: one clear line, the pool as before."""
+    from modpool.tensorfile import TensorWriter
+
+    def full(self, view):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TensorWriter, "_write", full)
+    _fails(["add", "a", "b", "-o", "c"], populated, capsys, "No space left on device")
+
+
 def test_no_pool(tmp_path, capsys):
     code, _, err = run_cli(["--pool", str(tmp_path / "none"), "list"], capsys)
     assert code == 1 and "modpool init" in err

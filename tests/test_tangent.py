@@ -7,7 +7,12 @@ import torch
 from conftest import random_delta, run_cli
 
 from modpool import ModpoolError
-from modpool.forward import edited, nonlinear_features, tangent_features
+from modpool.forward import (
+    edited,
+    nonlinear_features,
+    reference_tangent_features,
+    tangent_features,
+)
 
 
 def test_tangent_forward_matches_finite_difference(clip_pool):
@@ -81,3 +86,62 @@ def test_finetune_last_blocks_module(clip_pool, capsys):
     assert clip_pool.evaluate("both", ["digits"], "test")[0].accuracy >= 0
     code, out, err = run_cli([*args, "--mode", "iel", "--last-blocks", "1", "--name", "x"], capsys)
     assert code != 0 and "does not combine with iel" in err + out
+
+
+def _linearised_gradients(forward, tower, params0, delta, x, weights):
+    delta = {k: v.clone().requires_grad_() for k, v in delta.items()}
+    out = forward(tower, params0, delta, x)
+    loss = (out @ weights).square().sum() + out.sin().sum()  # any non-linear loss
+    return out.detach(), torch.autograd.grad(loss, list(delta.values()))
+
+
+@pytest.mark.parametrize("last_blocks", [None, 1])
+def test_tangent_gradient_is_the_linearised_models(clip_pool, last_blocks):
+    """The dual pass + base backward gives exactly what autograd through torch.func.jvp
+    gives: J(theta_0)^T of the loss gradient (float64, so that only rounding differs)."""
+    tower = copy.deepcopy(clip_pool.base.tower).double()
+    names = set(clip_pool.base.trainable(last_blocks))
+    params0 = {n: p.detach() for n, p in tower.named_parameters() if n in names}
+    delta = {k: v.double() for k, v in random_delta(clip_pool, 5, 1e-2).items() if k in params0}
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    weights = torch.randn(64, 4, dtype=torch.float64)
+    out, grads = _linearised_gradients(tangent_features, tower, params0, delta, x, weights)
+    ref_out, ref_grads = _linearised_gradients(
+        reference_tangent_features, tower, params0, delta, x, weights
+    )
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    assert len(grads) == len(params0) and all(g.abs().sum() > 0 for g in grads[-3:])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+    assert not any("forward" in vars(m) for m in tower.modules())  # replay undone
+
+
+def test_tangent_gradient_on_a_batchnorm_convnet_reuses_the_frozen_front(offline_pool, monkeypatch):
+    """EfficientNet (frozen BatchNorm, depthwise convolutions), last two blocks trained:
+    the backward's recomputation replays the frozen front instead of running it again."""
+    from modpool.forward import FrozenOutputs
+
+    base = offline_pool.base
+    params0 = {n: p.detach() for n, p in base.trainable(2).items()}
+    generator = torch.Generator().manual_seed(0)
+    delta = {k: 1e-3 * torch.randn(v.shape, generator=generator) for k, v in params0.items()}
+    x = base.prepare(torch.rand(4, 3, 64, 64, generator=generator))
+    weights = torch.randn(base.tower.num_features, 3, generator=generator)
+    calls, conv2d = [], torch.nn.functional.conv2d
+
+    def counting_conv2d(x, weight, *args, **kwargs):
+        calls.append(weight is base.tower.conv_stem.weight)
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", counting_conv2d)
+    out, grads = _linearised_gradients(tangent_features, base.tower, params0, delta, x, weights)
+    assert calls.count(True) == 1  # the stem ran in the dual pass only, not in the backward
+    monkeypatch.undo()
+    frozen = FrozenOutputs(base.tower, set(params0)).modules
+    assert base.tower.conv_stem in frozen and base.tower.conv_head not in frozen
+    ref_out, ref_grads = _linearised_gradients(
+        reference_tangent_features, base.tower, params0, delta, x, weights
+    )
+    torch.testing.assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * r.abs().max().item())

@@ -62,6 +62,14 @@ class Base(ABC):
         keep = set(last_block_names(list(params), last_blocks)) | set(self.after_blocks)
         return {n: p for n, p in params.items() if n in keep}
 
+    @abstractmethod
+    def zeroshot_head(self, classnames: list[str], templates: list[str]) -> Head:
+        """A head built from class names alone (CLIP bases), or NotImplementedError."""
+
+    @property
+    def logit_scale(self) -> float:
+        return 1.0
+
 
 def last_block_names(names: list[str], count: int) -> list[str]:
     """The parameters from the first of the last `count` blocks on, in the tower's order.
@@ -82,14 +90,6 @@ def _block_of(name: str) -> str | None:
     parts = name.split(".")
     numeric = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
     return ".".join(parts[: numeric[-1] + 1]) if numeric else None
-
-    @abstractmethod
-    def zeroshot_head(self, classnames: list[str], templates: list[str]) -> Head:
-        """A head built from class names alone (CLIP bases), or NotImplementedError."""
-
-    @property
-    def logit_scale(self) -> float:
-        return 1.0
 
 
 def fingerprint(tower: nn.Module) -> str:
