@@ -219,8 +219,11 @@ def tangent_cost(r: dict) -> list[str]:
     out = [
         "## Tangent training cost (issue 6): `benchmarks/tangent_cost.py`",
         "",
-        "Per training step at the same batch, each variant in a fresh interpreter; ratios "
-        "against nonlinear training of the whole tower.",
+        "Per training step at the same batch, each variant in a fresh interpreter, the "
+        "variants taking turns, medians; ratios against nonlinear training of the whole tower. "
+        "`tangent` is modpool's (one dual-number pass without a graph, then the base's "
+        "backward); `(autograd-jvp)` is the direct way it replaced (autograd through "
+        "`torch.func.jvp`): the before and after.",
         "",
         "| base | batch | variant | trained params | s/step | peak MiB | time ratio | "
         "memory ratio |",

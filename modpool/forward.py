@@ -130,25 +130,34 @@ class FrozenOutputs:
 
     @contextlib.contextmanager
     def replaying(self) -> Iterator[None]:
+        """Serve the kept outputs once (a second backward computes everything again)."""
+        outputs, self.outputs = self.outputs, {}
+        previous = {m: vars(m).get("forward") for m in self.modules}
         for module in self.modules:
-            module.forward = self._replay(module)
+            module.forward = _replay(module, previous[module], outputs.get(module, []))
         try:
             yield
         finally:
-            for module in self.modules:
-                del module.forward
-            self.outputs.clear()
+            for module, forward in previous.items():
+                if forward is None:
+                    del module.forward
+                else:
+                    module.forward = forward
 
-    def _replay(self, module: nn.Module):
-        compute, kept = type(module).forward, iter(self.outputs[module])
 
-        def forward(*args, **kwargs):
-            out, version = next(kept, None) or (None, None)
-            if out is None or out._version != version:  # changed in place since: recompute
-                return compute(module, *args, **kwargs)
-            return out
+def _replay(module: nn.Module, own_forward, kept: list):
+    """A forward for `module` that returns its kept outputs in call order, and computes
+    when none is left or one was changed in place since it was kept."""
+    compute = own_forward or type(module).forward.__get__(module)
+    kept = iter(kept)
 
-        return forward
+    def forward(*args, **kwargs):
+        out, version = next(kept, None) or (None, None)
+        if out is None or out._version != version:
+            return compute(*args, **kwargs)
+        return out
+
+    return forward
 
 
 def _frozen_parts(tower: nn.Module, trained: set[str]) -> list[nn.Module]:

@@ -145,3 +145,17 @@ def test_tangent_gradient_on_a_batchnorm_convnet_reuses_the_frozen_front(offline
     torch.testing.assert_close(out, ref_out)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * r.abs().max().item())
+
+
+def test_tangent_gradient_survives_a_second_backward(clip_pool):
+    """retain_graph: the second backward recomputes the frozen front instead of replaying."""
+    base = clip_pool.base
+    params0 = {n: p.detach() for n, p in base.trainable(1).items()}
+    delta = {k: v for k, v in random_delta(clip_pool, 2, 1e-2).items() if k in params0}
+    delta = {k: v.requires_grad_() for k, v in delta.items()}
+    loss = tangent_features(base.tower, params0, delta, torch.rand(2, 3, 32, 32)).sin().sum()
+    first = torch.autograd.grad(loss, list(delta.values()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(delta.values()))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+    assert not any("forward" in vars(m) for m in base.tower.modules())
