@@ -160,15 +160,13 @@ class TensorWriter:
         header += b" " * (-len(header) % 8)
         self.digest = hashlib.sha256()
         self.next = 0
-        self._failure: BaseException | None = None
         self._synced = self._unsynced = 0  # bytes whose writeback has started / not yet
         self._workers = [_Worker(self._hash), _Worker(self._write)]
         self._put(struct.pack("<Q", len(header)) + header)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         """Queue the next planned tensor for writing."""
-        if self._failure is not None:
-            raise self._failure
+        self._raise_failure()
         if self.next >= len(self.order) or self.order[self.next] != key:
             expected = self.order[self.next] if self.next < len(self.order) else "nothing"
             raise ModpoolError(f"internal error: wrote {key!r}, expected {expected!r}")
@@ -184,8 +182,7 @@ class TensorWriter:
     def finish(self) -> str:
         """Wait for the writes, check that every planned tensor came; return the sha256."""
         self.close()
-        if self._failure is not None:
-            raise self._failure
+        self._raise_failure()
         if self.next != len(self.order):
             missing = self.order[self.next : self.next + 3]
             raise ModpoolError(f"internal error: tensors never written: {missing}")
@@ -202,14 +199,15 @@ class TensorWriter:
         """Stop the threads (after the queued work); `finish` does it too."""
         for worker in self._workers:
             worker.stop()
-        failures = [w.failure for w in self._workers if w.failure is not None]
-        if failures and self._failure is None:
-            self._failure = failures[0]
+
+    def _raise_failure(self) -> None:
+        """Re-raise, in the caller's thread, the first failure of either thread."""
+        for worker in self._workers:
+            if worker.failure is not None:
+                raise worker.failure
 
     def _put(self, data) -> None:
         for worker in self._workers:
-            if worker.failure is not None and self._failure is None:
-                self._failure = worker.failure
             worker.put(data)
 
     def _hash(self, view: memoryview) -> None:
