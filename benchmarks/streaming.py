@@ -5,7 +5,8 @@ in a pool of a randomly initialised `openclip:ViT-B-32:none` base. Measured, eac
 fresh interpreter with the files in the page cache, alternating, `--repeats` times:
 
 - `compose` (sum) of the eight: wall time, and peak RSS above the interpreter's baseline
-  (after imports and opening the pool; VmHWM reset through /proc/self/clear_refs);
+  (after imports and opening the pool; VmHWM reset through /proc/self/clear_refs); and
+  the same with ordinary writes instead of direct I/O (through the page cache);
 - a plain read-and-sum of the same files (`safetensors.torch.load_file` each, add), and
   the same followed by saving the sum (`save_file`, fsync), as compose must;
 - writing one module's bytes to disk with fsync (the disk's floor for any compose);
@@ -46,6 +47,13 @@ pool.compose(names, {output!r}, "sum", 0.3)
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() - before}}))
 """
+COMPOSE_ORDINARY = (
+    """
+from modpool.tensorfile import TensorWriter
+TensorWriter.DIRECT = False
+"""
+    + COMPOSE
+)
 PLAIN = """
 from safetensors.torch import load_file
 before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
@@ -136,7 +144,13 @@ def main() -> None:
     pool, names = prepare(args.modules)
     module_bytes = pool.entry(names[0]).path.stat().st_size
     params = sum(int(__import__("math").prod(s)) for s, _ in pool.manifest.values())
-    runs: dict[str, list[dict]] = {"compose": [], "plain": [], "plain_save": [], "disk": []}
+    runs: dict[str, list[dict]] = {
+        "compose": [],
+        "compose_ordinary": [],
+        "plain": [],
+        "plain_save": [],
+        "disk": [],
+    }
     scratch = str(POOL.parent / "streaming-scratch.safetensors")
     for i in range(args.repeats):
         warm(pool, names)
@@ -147,6 +161,9 @@ def main() -> None:
         Path(scratch).unlink()
         warm(pool, names)
         runs["compose"].append(probe(COMPOSE, names, output=f"c{i}"))
+        Pool(POOL).forget(f"c{i}")
+        warm(pool, names)
+        runs["compose_ordinary"].append(probe(COMPOSE_ORDINARY, names, output=f"c{i}"))
         print(i, {k: round(v[-1]["seconds"], 3) for k, v in runs.items()}, flush=True)
         if i < args.repeats - 1:
             Pool(POOL).forget(f"c{i}")
@@ -170,6 +187,10 @@ def main() -> None:
         "runs": runs,
         "compose_seconds": median("compose", "seconds"),
         "plain_seconds": median("plain", "seconds"),
+        "compose_ordinary_seconds": median("compose_ordinary", "seconds"),
+        "speed_ratio_direct_vs_ordinary_writes": (
+            median("compose_ordinary", "seconds") / median("compose", "seconds")
+        ),
         "compose_peak_over_module": median("compose", "peak_above_baseline") / module_bytes,
         "plain_peak_over_module": median("plain", "peak_above_baseline") / module_bytes,
         "plain_save_seconds": median("plain_save", "seconds"),

@@ -11,6 +11,8 @@ of 8 bytes, as the safetensors format allows.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -133,39 +135,47 @@ class TensorFile:
 class TensorWriter:
     """Writes a safetensors file front to back: the header first (the layout is planned from
     the shapes alone, so it is known before any value), then each tensor, in `order`, as it
-    is computed. Two threads take each tensor's bytes while the caller computes the next:
-    one hashes them, one writes them and starts their writeback to disk every `SYNC_EVERY`
-    bytes, so that the final fsync of a large file has little left to do. (Hashing and
-    writing in one thread made it the bottleneck of a composition.)"""
+    is computed.
 
+    The bytes go through a few page-aligned staging chunks, in a pipeline: the caller copies
+    each tensor in, one thread hashes a full chunk while the caller computes the next tensor,
+    a second thread writes it and hands the chunk back. The file is written with direct I/O
+    (`O_DIRECT`) where the file system allows it: the disk reads the chunk from our memory,
+    with no copy into the page cache and almost no CPU, which on two cores left the merge
+    and the hash to themselves (a composition ran 2-3x faster). Elsewhere the writes are
+    ordinary, and their writeback starts every `SYNC_EVERY` bytes, so that the final fsync
+    has little left to do. Memory: `CHUNKS * CHUNK` bytes, whatever the file's size. While
+    it is open, torch computes with one thread fewer, leaving a core to the hash."""
+
+    CHUNK = 8 * 1024 * 1024
+    CHUNKS = 4
     SYNC_EVERY = 64 * 1024 * 1024
-    QUEUED = 4  # tensors waiting for each thread, at most: bounds the memory held
+    DIRECT = True  # try direct I/O (tests turn it off to cover the ordinary path)
 
     def __init__(self, file: BinaryIO, plan: Plan, meta: dict[str, str]):
-        self.file = file
+        self.file, self.fd = file, file.fileno()
         self.order = [key for key, _, _ in sorted(plan, key=lambda e: (-ITEMSIZE[e[1]], e[0]))]
-        layout = {key: (dtype, list(shape)) for key, dtype, shape in plan}
-        entries, position = {}, 0
-        for key in self.order:  # larger items first: every tensor stays aligned
-            dtype, shape = layout[key]
-            size = math.prod(shape) * ITEMSIZE[dtype]
-            entries[key] = {
-                "dtype": dtype,
-                "shape": shape,
-                "data_offsets": [position, position + size],
-            }
-            position += size
-        self.entries = entries
-        header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)
+        self.entries, header = _layout(plan, self.order, meta)
+        self.size = len(header) + sum(
+            e["data_offsets"][1] - e["data_offsets"][0] for e in self.entries.values()
+        )
         self.digest = hashlib.sha256()
         self.next = 0
-        self._synced = self._unsynced = 0  # bytes whose writeback has started / not yet
-        self._workers = [_Worker(self._hash), _Worker(self._write)]
-        self._put(struct.pack("<Q", len(header)) + header)
+        self.direct = self.DIRECT and _set_direct(self.fd, True)
+        self._torch_threads = torch.get_num_threads()  # the hash thread needs a core: on two
+        torch.set_num_threads(max(1, self._torch_threads - 1))  # cores 1.2x faster
+        self._synced = 0  # bytes whose writeback has started (ordinary writes)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(self.CHUNKS):
+            self._free.put(_Chunk(self.CHUNK))
+        self._chunk: _Chunk | None = None
+        self._offset = 0  # of the current chunk in the file
+        writer = _Worker(self._write, then=self._free.put)
+        self._workers = [_Worker(self._hash, then=writer.put), writer]  # stopped in order
+        self._append(torch.frombuffer(bytearray(header), dtype=torch.uint8))
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
-        """Queue the next planned tensor for writing."""
+        """Copy the next planned tensor into the pipeline."""
         self._raise_failure()
         if self.next >= len(self.order) or self.order[self.next] != key:
             expected = self.order[self.next] if self.next < len(self.order) else "nothing"
@@ -176,16 +186,19 @@ class TensorWriter:
                 f"internal error: {key!r} is {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{entry['dtype']} {entry['shape']}"
             )
-        self._put(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self._append(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
         self.next += 1
 
     def finish(self) -> str:
         """Wait for the writes, check that every planned tensor came; return the sha256."""
+        if self._chunk is not None and self._chunk.filled:
+            self._send()
         self.close()
         self._raise_failure()
         if self.next != len(self.order):
             missing = self.order[self.next : self.next + 3]
             raise ModpoolError(f"internal error: tensors never written: {missing}")
+        os.ftruncate(self.fd, self.size)  # direct writes end on a whole block
         self.file.flush()
         return self.digest.hexdigest()
 
@@ -196,9 +209,16 @@ class TensorWriter:
         self.close()
 
     def close(self) -> None:
-        """Stop the threads (after the queued work); `finish` does it too."""
+        """Stop the threads (after the queued work) and leave the file in ordinary mode;
+        `finish` does it too."""
         for worker in self._workers:
             worker.stop()
+        if self.direct:
+            _set_direct(self.fd, False)
+            self.direct = False
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = 0
 
     def _raise_failure(self) -> None:
         """Re-raise, in the caller's thread, the first failure of either thread."""
@@ -206,34 +226,83 @@ class TensorWriter:
             if worker.failure is not None:
                 raise worker.failure
 
-    def _put(self, data) -> None:
-        for worker in self._workers:
-            worker.put(data)
+    def _append(self, data: torch.Tensor) -> None:
+        """Copy bytes into staging chunks, sending each one that fills up."""
+        done = 0
+        while done < len(data):
+            if self._chunk is None:
+                self._chunk = self._free.get().recycle()  # waits while all are in flight
+                self._raise_failure()
+            done += self._chunk.take(data[done:])
+            if self._chunk.full:
+                self._send()
 
-    def _hash(self, view: memoryview) -> None:
-        self.digest.update(view)  # releases the GIL
+    def _send(self) -> None:
+        chunk, self._chunk = self._chunk, None
+        chunk.offset, self._offset = self._offset, self._offset + chunk.filled
+        self._workers[0].put(chunk)
 
-    def _write(self, view: memoryview) -> None:
-        self.file.write(view)  # releases the GIL
-        self._unsynced += len(view)
-        if self._unsynced >= self.SYNC_EVERY:
-            self.file.flush()
-            _start_writeback(self.file.fileno(), self._synced, self._unsynced)
-            self._synced, self._unsynced = self._synced + self._unsynced, 0
+    def _hash(self, chunk: _Chunk) -> None:
+        self.digest.update(chunk.view())  # releases the GIL
+
+    def _write(self, chunk: _Chunk) -> None:
+        if self.direct:
+            try:
+                return _pwrite_all(self.fd, chunk.view(whole_blocks=True), chunk.offset)
+            except OSError as exc:  # the file system took the flag but not the write
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct = _set_direct(self.fd, False)
+        _pwrite_all(self.fd, chunk.view(), chunk.offset)
+        end = chunk.offset + chunk.filled
+        if end - self._synced >= self.SYNC_EVERY:
+            _start_writeback(self.fd, self._synced, end - self._synced)
+            self._synced = end
+
+
+class _Chunk:
+    """A page-aligned staging buffer (an anonymous map), filled by the caller."""
+
+    BLOCK = 4096  # direct I/O writes whole blocks of this size
+
+    def __init__(self, size: int):
+        self.buffer = mmap.mmap(-1, size)
+        self.bytes = torch.frombuffer(self.buffer, dtype=torch.uint8)
+        self.filled = self.offset = 0
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self.buffer)
+
+    def take(self, data: torch.Tensor) -> int:
+        """Copy as much of `data` as fits (releasing the GIL); return how much."""
+        n = min(len(data), len(self.buffer) - self.filled)
+        self.bytes[self.filled : self.filled + n].copy_(data[:n])
+        self.filled += n
+        return n
+
+    def view(self, whole_blocks: bool = False) -> memoryview:
+        end = -(-self.filled // self.BLOCK) * self.BLOCK if whole_blocks else self.filled
+        return memoryview(self.buffer)[:end]
+
+    def recycle(self) -> _Chunk:
+        self.filled = self.offset = 0
+        return self
 
 
 class _Worker:
-    """A thread applying `work` to each queued buffer, in order. After a failure it keeps
-    draining (so that the producer never blocks) and keeps the exception for the caller."""
+    """A thread applying `work` to each queued chunk, in order, then passing it on (`then`).
+    After a failure it keeps passing chunks on without working (so that nobody waits for
+    them forever) and keeps the exception for the caller."""
 
-    def __init__(self, work):
-        self.work, self.failure = work, None
-        self.queue: queue.Queue = queue.Queue(TensorWriter.QUEUED)
+    def __init__(self, work, then):
+        self.work, self.then, self.failure = work, then, None
+        self.queue: queue.Queue = queue.Queue()  # bounded by the number of chunks
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def put(self, data) -> None:
-        self.queue.put(data)
+    def put(self, chunk: _Chunk) -> None:
+        self.queue.put(chunk)
 
     def stop(self) -> None:
         if self.thread.is_alive():
@@ -241,12 +310,47 @@ class _Worker:
             self.thread.join()
 
     def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+        while (chunk := self.queue.get()) is not None:
             if self.failure is None:
                 try:
-                    self.work(memoryview(data))
+                    self.work(chunk)
                 except BaseException as exc:  # reported to the producer
                     self.failure = exc
+            self.then(chunk)
+
+
+def _layout(plan: Plan, order: list[str], meta: dict[str, str]) -> tuple[dict, bytes]:
+    """Each tensor's entry (larger items first, so that every tensor stays aligned) and the
+    header bytes: length, JSON, padded with spaces to a multiple of 8."""
+    layout = {key: (dtype, list(shape)) for key, dtype, shape in plan}
+    entries, position = {}, 0
+    for key in order:
+        dtype, shape = layout[key]
+        size = math.prod(shape) * ITEMSIZE[dtype]
+        entries[key] = {"dtype": dtype, "shape": shape, "data_offsets": [position, position + size]}
+        position += size
+    header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return entries, struct.pack("<Q", len(header)) + header
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn direct I/O on or off for `fd`; False where the system or file system has none."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | flag if on else flags & ~flag)
+    except OSError:
+        return False
+    return on
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

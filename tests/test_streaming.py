@@ -1,13 +1,16 @@
 """Streaming composition, the tensor-file reader and writer, and compact modules."""
 
+import errno
+import fcntl
 import hashlib
+import os
 
 import pytest
 import torch
 from conftest import random_delta, run_cli, snapshot
 from safetensors.torch import load_file
 
-from modpool import ModpoolError
+from modpool import ModpoolError, tensorfile
 from modpool.artifact import load_artifact_bytes
 from modpool.encoding import Storage
 from modpool.merge import get_method
@@ -60,39 +63,87 @@ def test_global_threshold_is_exact():
         assert global_threshold(MemorySource(delta), density) == threshold(flat, density)
 
 
-def test_writer_output_is_plain_safetensors(tmp_path):
-    tensors = {
-        "w": torch.randn(5, 3),
-        "h": torch.randn(4).to(torch.bfloat16),
-        "i": torch.arange(6, dtype=torch.int32),
-        "m": torch.tensor([1, 2, 255], dtype=torch.uint8),
-        "e": torch.zeros(0),
-    }
-    plan = [
-        (k, {"w": "F32", "h": "BF16", "i": "I32", "m": "U8", "e": "F32"}[k], list(v.shape))
-        for k, v in tensors.items()
-    ]
-    meta = {"note": "written front to back"}
-    path = tmp_path / "f.safetensors"
+WRITTEN = {
+    "w": torch.randn(50, 30),  # 6,000 bytes: crosses the small test chunks below
+    "h": torch.randn(4).to(torch.bfloat16),
+    "i": torch.arange(6, dtype=torch.int32),
+    "m": torch.tensor([1, 2, 255], dtype=torch.uint8),
+    "e": torch.zeros(0),
+}
+CODES = {"w": "F32", "h": "BF16", "i": "I32", "m": "U8", "e": "F32"}
+PLAN = [(k, CODES[k], list(v.shape)) for k, v in WRITTEN.items()]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of two blocks, so that tensors and the header span several of them and the
+    pipeline wraps around its chunks many times."""
+    monkeypatch.setattr(TensorWriter, "CHUNK", 2 * 4096)
+    monkeypatch.setattr(TensorWriter, "CHUNKS", 2)
+
+
+def _write_all(path, meta=None):
     with open(path, "wb") as f:
-        writer = TensorWriter(f, plan, meta)
+        writer = TensorWriter(f, PLAN, meta or {})
+        for key in writer.order:
+            writer.write(key, WRITTEN[key])
+        digest = writer.finish()
+        flags = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+    assert not flags & getattr(os, "O_DIRECT", 0)  # the file is left in ordinary mode
+    return digest
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_writer_output_is_plain_safetensors(tmp_path, small_chunks, monkeypatch, direct):
+    monkeypatch.setattr(TensorWriter, "DIRECT", direct)
+    meta = {"note": "written front to back", "pad": "x" * 9000}  # a header over one chunk
+    path = tmp_path / "f.safetensors"
+    threads = torch.get_num_threads()
+    with open(path, "wb") as f:
+        writer = TensorWriter(f, PLAN, meta)
         assert writer.order == ["e", "i", "w", "h", "m"]  # larger items first, then by name
         with pytest.raises(ModpoolError, match="expected .e."):
-            writer.write("w", tensors["w"])
+            writer.write("w", WRITTEN["w"])
         for key in writer.order:
-            writer.write(key, tensors[key])
+            writer.write(key, WRITTEN[key])
         digest = writer.finish()
+    assert torch.get_num_threads() == threads
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.stat().st_size == writer.size  # no padding left from whole-block writes
     loaded = load_file(path)
-    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert all(torch.equal(loaded[k], v) for k, v in WRITTEN.items())
     with TensorFile.open(path) as file:
         assert file.raw_meta == meta
-        assert torch.equal(file.raw("w"), tensors["w"])
+        assert torch.equal(file.raw("w"), WRITTEN["w"])
         file.release("w")
-        assert torch.equal(file.raw("w"), tensors["w"])  # pages come back from the file
-    with open(tmp_path / "g", "wb") as f, TensorWriter(f, plan, meta) as writer:
+        assert torch.equal(file.raw("w"), WRITTEN["w"])  # pages come back from the file
+    with open(tmp_path / "g", "wb") as f, TensorWriter(f, PLAN, meta) as writer:
         with pytest.raises(ModpoolError, match="never written"):
             writer.finish()
+
+
+def test_writer_falls_back_to_ordinary_writes(tmp_path, small_chunks, monkeypatch):
+    """A file system that accepts O_DIRECT but refuses the writes (EINVAL) gets ordinary
+    writes instead, from the first refused chunk on, and the same bytes."""
+    direct = getattr(os, "O_DIRECT", 0)
+    refused = []
+
+    def picky(fd, view, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & direct:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view, offset)
+
+    real = tensorfile._pwrite_all
+    expected = _write_all(tmp_path / "plain.safetensors")
+    monkeypatch.setattr(tensorfile, "_pwrite_all", picky)
+    assert _write_all(tmp_path / "f.safetensors") == expected
+    if not direct or not refused:
+        pytest.skip("no direct I/O on this system or file system")
+    assert refused == [0]
+    assert (tmp_path / "f.safetensors").read_bytes() == (
+        tmp_path / "plain.safetensors"
+    ).read_bytes()
 
 
 def test_compact_encoding_round_trip():
