@@ -227,7 +227,8 @@ def tangent_cost(r: dict) -> list[str]:
         "variants taking turns, medians; ratios against nonlinear training of the whole tower. "
         "`tangent` is modpool's (one dual-number pass without a graph, then the base's "
         "backward); `(autograd-jvp)` is the direct way it replaced (autograd through "
-        "`torch.func.jvp`): the before and after.",
+        "`torch.func.jvp`): the before and after. `(contiguous)`: the offline base with "
+        "contiguous inputs, as before it fed its convolutions channels-last ones.",
         "",
         "| base | batch | variant | trained params | s/step | peak MiB | time ratio | "
         "memory ratio |",

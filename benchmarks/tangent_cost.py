@@ -8,8 +8,10 @@ both with `--last-blocks K` (only the last K blocks trained; in tangent mode the
 runs through those blocks only). Tangent training is measured twice: as modpool does it
 (one dual-number pass without a graph, then the base's backward) and the direct way it
 replaced ("autograd-jvp": autograd through torch.func.jvp), the before and after.
-Repeats take turns (every variant once, then again); medians; ratios against nonlinear
-training of the whole tower, from one run.
+On the offline base both are also measured with contiguous inputs ("contiguous", before
+the base fed its convolutions channels-last inputs). Repeats take turns (every variant
+once, then again); medians; ratios against nonlinear training of the whole tower, from
+one run.
 
     python benchmarks/tangent_cost.py [--bases offline vit-b-32] [--repeats 3]
 """
@@ -22,16 +24,18 @@ import statistics
 from _common import run_isolated, write
 
 BASES = {
-    "offline": {"spec": "offline", "batch": 32, "steps": 20, "last_blocks": 4},
+    "offline": {"spec": "offline", "batch": 32, "steps": 20, "last_blocks": 4, "conv": True},
     "vit-b-32": {"spec": "openclip:ViT-B-32:none", "batch": 16, "steps": 6, "last_blocks": 3},
 }
-VARIANTS = [  # (mode, last blocks, implementation of the tangent forward)
+VARIANTS = [  # (mode, last blocks, how: the tangent forward's implementation, or the layout)
     ("nonlinear", None, None),
     ("tangent", None, None),
     ("tangent", None, "autograd-jvp"),
     ("tangent", "K", None),
     ("tangent", "K", "autograd-jvp"),
     ("nonlinear", "K", None),
+    ("nonlinear", None, "contiguous"),  # convolutional bases only
+    ("tangent", None, "contiguous"),
 ]
 
 PROBE = """
@@ -41,9 +45,12 @@ from modpool.bases import load_base
 from modpool.head import Head
 from modpool.tasks.task import ImageTensors
 from modpool.train import TrainConfig, finetune
-if {direct!r}:
+if {how!r} == "autograd-jvp":
     import modpool.forward, modpool.train
     modpool.train.tangent_features = modpool.forward.reference_tangent_features
+if {how!r} == "contiguous":
+    from modpool.bases.timm import TimmBase
+    TimmBase.memory_format = torch.contiguous_format
 torch.manual_seed(0)
 base = load_base({spec!r})
 size = base.image_size
@@ -64,16 +71,18 @@ print(json.dumps({{"seconds_per_step": result.seconds / result.steps,
 """
 
 
-def variant_name(mode: str, partial: str | None, direct: str | None, blocks: int) -> str:
-    return mode + ("" if partial is None else f"-last{blocks}") + (f" ({direct})" if direct else "")
+def variant_name(mode: str, partial: str | None, how: str | None, blocks: int) -> str:
+    return mode + ("" if partial is None else f"-last{blocks}") + (f" ({how})" if how else "")
 
 
 def measure(name: str, setting: dict, repeats: int) -> dict:
     out: dict = {"batch_size": setting["batch"], "last_blocks": setting["last_blocks"]}
     runs: dict[str, list[dict]] = {}
     for _ in range(repeats):
-        for mode, partial, direct in VARIANTS:
-            key = variant_name(mode, partial, direct, setting["last_blocks"])
+        for mode, partial, how in VARIANTS:
+            if how == "contiguous" and not setting.get("conv"):
+                continue
+            key = variant_name(mode, partial, how, setting["last_blocks"])
             code = PROBE.format(
                 spec=setting["spec"],
                 mode=mode,
@@ -81,7 +90,7 @@ def measure(name: str, setting: dict, repeats: int) -> dict:
                 batch=setting["batch"],
                 n=setting["batch"] * setting["steps"],
                 last_blocks=None if partial is None else setting["last_blocks"],
-                direct=direct,
+                how=how,
             )
             runs.setdefault(key, []).append(run_isolated(code))
             last = runs[key][-1]

@@ -18,7 +18,8 @@ class Base(ABC):
 
     Attributes set by subclasses: `spec`, `tower` (eval mode, no grad), `image_size`,
     `mean`, `std`, `hub_id` (the base's Hub repo id or None), `head_kind`
-    ("zeroshot" heads from a text tower, or "linear" heads fitted on features).
+    ("zeroshot" heads from a text tower, or "linear" heads fitted on features), and the
+    `memory_format` of prepared inputs (the weights stay contiguous either way).
     """
 
     spec: str
@@ -29,6 +30,7 @@ class Base(ABC):
     hub_id: str | None = None
     head_kind: str = "linear"
     after_blocks: tuple[str, ...] = ()  # parameters used after the blocks, registered before
+    memory_format: torch.memory_format = torch.contiguous_format  # of prepared inputs
 
     def freeze(self) -> None:
         self.tower.eval()
@@ -50,7 +52,7 @@ class Base(ABC):
             )
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
+        return ((images - mean) / std).contiguous(memory_format=self.memory_format)
 
     def trainable(self, last_blocks: int | None = None) -> dict[str, torch.Tensor]:
         """The image tower's floating-point parameters: what a module changes. With
