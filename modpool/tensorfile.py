@@ -141,10 +141,10 @@ class TensorWriter:
     each tensor in, one thread hashes a full chunk while the caller computes the next tensor,
     a second thread writes it and hands the chunk back. The file is written with direct I/O
     (`O_DIRECT`) where the file system allows it: the disk reads the chunk from our memory,
-    with no copy into the page cache and almost no CPU, which on two cores left the merge
-    and the hash to themselves (a composition ran 2-3x faster). Elsewhere the writes are
-    ordinary, and their writeback starts every `SYNC_EVERY` bytes, so that the final fsync
-    has little left to do. Memory: `CHUNKS * CHUNK` bytes, whatever the file's size. While
+    with no copy into the page cache and almost no CPU, which on two cores leaves them to the
+    merge and the hash (composing eight ViT-B/32 modules: 1.65x faster than through the
+    page cache, `benchmarks/streaming.py`). Elsewhere the writes are ordinary, and their
+    writeback starts every `SYNC_EVERY` bytes, so that the final fsync has little left. Memory: `CHUNKS * CHUNK` bytes, whatever the file's size. While
     it is open, torch computes with one thread fewer, leaving a core to the hash."""
 
     CHUNK = 8 * 1024 * 1024
@@ -162,8 +162,6 @@ class TensorWriter:
         self.digest = hashlib.sha256()
         self.next = 0
         self.direct = self.DIRECT and _set_direct(self.fd, True)
-        self._torch_threads = torch.get_num_threads()  # the hash thread needs a core: on two
-        torch.set_num_threads(max(1, self._torch_threads - 1))  # cores 1.2x faster
         self._synced = 0  # bytes whose writeback has started (ordinary writes)
         self._free: queue.Queue = queue.Queue()
         for _ in range(self.CHUNKS):
@@ -172,6 +170,8 @@ class TensorWriter:
         self._offset = 0  # of the current chunk in the file
         writer = _Worker(self._write, then=self._free.put)
         self._workers = [_Worker(self._hash, then=writer.put), writer]  # stopped in order
+        self._torch_threads = torch.get_num_threads()  # the hash thread needs a core: on two
+        torch.set_num_threads(max(1, self._torch_threads - 1))  # cores 1.2x faster
         self._append(torch.frombuffer(bytearray(header), dtype=torch.uint8))
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
