@@ -17,7 +17,7 @@ DEFAULT_IMAGE_SIZE = 64  # small inputs keep the offline workflow fast on a lapt
 class TimmBase(Base):
     head_kind = "linear"
     # convolutions on channels-last inputs: on the offline base on two CPU cores, a
-    # nonlinear training step 1.6x faster, a tangent step 1.35x, a forward 1.3x
+    # nonlinear training step 1.62x faster, a tangent step 1.55x (benchmarks/tangent_cost.py)
     memory_format = torch.channels_last
 
     def __init__(self, spec: str, tower, image_size: int, mean, std):
