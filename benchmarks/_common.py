@@ -16,7 +16,7 @@ RESULTS = Path(__file__).parent / "results"
 def environment() -> dict:
     import torch
 
-    from modpool.pool import versions
+    from modpool.store.layout import versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -21,8 +21,8 @@ from _common import write
 
 from modpool import Pool
 from modpool.demo import ensure_modules
-from modpool.encoding import Storage
-from modpool.search import search_alpha
+from modpool.edit.search import search_alpha
+from modpool.store.encoding import Storage
 from modpool.tasks import OFFLINE
 
 POOLS = Path(__file__).parent / ".pools"

@@ -21,8 +21,8 @@ import torch
 from _common import write
 
 from modpool.bases import load_base
-from modpool.merge import get_method
-from modpool.model import EditedModel
+from modpool.edit.merge import get_method
+from modpool.model.edited import EditedModel
 
 BASES = {"offline": ("offline", 64), "vit-b-32": ("openclip:ViT-B-32:none", 8)}
 

@@ -19,20 +19,20 @@ from _common import run_isolated, write
 
 from modpool import Pool
 from modpool.demo import ensure_modules
-from modpool.search import DEFAULT_GRID, search_alpha
+from modpool.edit.search import DEFAULT_GRID, search_alpha
 from modpool.tasks import OFFLINE
 
 STEP_PROBE = """
 import json, time, torch
 from _common import peak_rss_bytes, reset_peak_rss, rss_bytes
 from modpool import Pool
-from modpool.train import TrainConfig, finetune
+from modpool.train import TrainConfig, fit
 pool = Pool({pool!r}); task = pool.task("mnist"); head = pool.head(task, show_progress=False)
 data = task.load("train", pool.base.image_size)
 reset_peak_rss()
 before = rss_bytes()
 cfg = TrainConfig(mode={mode!r}, steps={steps}, batch_size={batch}, warmup=1, lr=2e-5)
-result = finetune(pool.base, head, data, cfg, show_progress=False)
+result = fit(pool.base, head, data, cfg, show_progress=False)
 print(json.dumps({{"seconds_per_step": result.seconds / result.steps,
                   "peak_rss_above_start": peak_rss_bytes() - before}}))
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from _common import write
 
 from modpool import Pool
-from modpool.search import search_alpha
+from modpool.edit.search import search_alpha
 from modpool.tasks import OFFLINE
 from modpool.train import defaults_for
 

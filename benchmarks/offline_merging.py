@@ -18,9 +18,9 @@ from pathlib import Path
 from _common import write
 
 from modpool import Pool
+from modpool.analysis.disentangle import disentanglement, save_map
 from modpool.demo import ensure_modules
-from modpool.disentangle import disentanglement, save_map
-from modpool.search import compose_searched
+from modpool.edit.search import compose_searched
 from modpool.tasks import OFFLINE
 
 GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2]

@@ -22,7 +22,7 @@ from _common import write
 
 from modpool import Pool
 from modpool.demo import ensure_modules
-from modpool.search import search_alpha
+from modpool.edit.search import search_alpha
 from modpool.tasks import OFFLINE
 
 POOLS = Path(__file__).parent / ".pools"
@@ -92,14 +92,14 @@ def fisher_cost(pool: Pool, names: list[str]) -> dict:
 FISHER_PROBE = """
 import json, time, torch
 from modpool import Pool
-from modpool.fisher import diagonal_fisher
+from modpool.train.fisher import diagonal_fisher
 from modpool.tasks.task import take
-from modpool.train import TrainConfig, finetune
+from modpool.train import TrainConfig, fit
 pool = Pool({pool!r}); task = pool.task({task!r}); head = pool.head(task, show_progress=False)
 data = take(task.load("train", pool.base.image_size), torch.arange({examples}))
 fisher = diagonal_fisher(pool.base, head, data, 1, False, 0, None, show_progress=False)
 cfg = TrainConfig(mode="nonlinear", steps=None, epochs=1.0, batch_size=32, warmup=0.1, lr=2e-5)
-result = finetune(pool.base, head, data, cfg, show_progress=False)
+result = fit(pool.base, head, data, cfg, show_progress=False)
 print(json.dumps({{"fisher_seconds": fisher.seconds, "epoch_seconds": result.seconds,
                   "examples": {examples}}}))
 """

@@ -49,7 +49,7 @@ print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() -
 """
 COMPOSE_ORDINARY = (
     """
-from modpool.tensorfile import TensorWriter
+from modpool.store.tensorfile import TensorWriter
 TensorWriter.DIRECT = False
 """
     + COMPOSE
@@ -97,7 +97,7 @@ print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() -
                   "rebuilt": [r["name"] for r in report.rebuilt]}}))
 """
 EXPORT = """
-from modpool.export import export_weights
+from modpool.interop.export import export_weights
 pool.base
 before = rss_bytes(); reset_peak_rss(); start = time.perf_counter()
 export_weights(pool, {output!r}, {path!r})

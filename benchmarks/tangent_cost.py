@@ -42,12 +42,12 @@ PROBE = """
 import json, time, torch
 from _common import peak_rss_bytes, reset_peak_rss, rss_bytes
 from modpool.bases import load_base
-from modpool.head import Head
+from modpool.bases.head import Head
 from modpool.tasks.task import ImageTensors
-from modpool.train import TrainConfig, finetune
+from modpool.train import TrainConfig, fit
 if {how!r} == "autograd-jvp":
-    import modpool.forward, modpool.train
-    modpool.train.tangent_features = modpool.forward.reference_tangent_features
+    import modpool.model.forward, modpool.train.loop
+    modpool.train.loop.tangent_features = modpool.model.forward.reference_tangent_features
 if {how!r} == "contiguous":
     from modpool.bases.timm import TimmBase
     TimmBase.memory_format = torch.contiguous_format
@@ -63,7 +63,7 @@ cfg = TrainConfig(mode={mode!r}, steps={steps}, epochs=None, batch_size={batch},
                   lr=2e-5, last_blocks={last_blocks!r})
 reset_peak_rss()
 before = rss_bytes()
-result = finetune(base, head, data, cfg, show_progress=False)
+result = fit(base, head, data, cfg, show_progress=False)
 trained = sum(v.numel() for v in result.delta.values())
 print(json.dumps({{"seconds_per_step": result.seconds / result.steps,
                   "peak_rss_above_start": peak_rss_bytes() - before,

@@ -1,8 +1,7 @@
 """modpool: edit pretrained vision models with composable task modules."""
 
-__version__ = "0.2.0"
-
-from .errors import ModpoolError  # noqa: E402
-from .pool import Pool  # noqa: E402
+from .errors import ModpoolError
+from .pool import Pool
+from .version import __version__
 
 __all__ = ["ModpoolError", "Pool", "__version__"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .edit.search import search_alpha
 from .pool import Pool
-from .search import search_alpha
 from .tasks import OFFLINE
 from .train import defaults_for
 

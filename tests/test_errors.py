@@ -7,7 +7,7 @@ import torch
 from conftest import random_delta, run_cli, snapshot
 
 from modpool import ModpoolError, Pool
-from modpool.artifact import load_artifact, save_artifact
+from modpool.store.artifact import load_artifact, save_artifact
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_bad_names_and_unknown_targets(populated, capsys):
 
 def test_disk_full_while_composing(populated, capsys, monkeypatch):
     """The streaming writer's thread fails mid-file: one clear line, the pool as before."""
-    from modpool.tensorfile import TensorWriter
+    from modpool.store.tensorfile import TensorWriter
 
     def full(self, view):
         raise OSError(28, "No space left on device")

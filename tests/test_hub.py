@@ -8,7 +8,7 @@ import yaml
 from conftest import random_delta, run_cli, snapshot
 
 from modpool import ModpoolError, Pool
-from modpool.hub import pull, stage
+from modpool.interop.hub import pull, stage
 
 TOKEN = "hf_secret_token_never_written"
 

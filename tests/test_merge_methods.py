@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modpool import ModpoolError
-from modpool.merge import get_method
+from modpool.edit.merge import get_method
 
 
 def T(*values):

@@ -17,9 +17,9 @@ from conftest import random_delta, run_cli, snapshot
 from safetensors.torch import load_file
 
 from modpool import ModpoolError, Pool
-from modpool.artifact import load_artifact_bytes, read_metadata
-from modpool.check import check_pool
-from modpool.hub import stage
+from modpool.interop.hub import stage
+from modpool.store.artifact import load_artifact_bytes, read_metadata
+from modpool.store.check import check_pool
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MODPOOL_PROGRESS": "0"}
 KILLED = -9

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_delta, run_cli
 
-from modpool.search import search_alpha, search_negation
+from modpool.edit.search import search_alpha, search_negation
 
 GRID = [0.0, 0.5, 1.0, 1.5, 2.0]
 
@@ -125,8 +125,8 @@ def test_disentanglement_map(clip_pool, tmp_path, capsys, kind):
     assert error[2, 2] == 0  # both at alpha 0: the joint and single models are the base
     assert error.max() > 0 and ((error >= 0) & (error <= 2)).all()
     # one cell by brute force: a1 = 1, a2 = -0.5
-    from modpool.evaluate import predictions
-    from modpool.model import EditedModel
+    from modpool.model.accuracy import predictions
+    from modpool.model.edited import EditedModel
     from modpool.tasks.task import take
 
     taus = [clip_pool.read(n).tensors for n in ("d", "m")]

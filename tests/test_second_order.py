@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import run_cli
 
-from modpool.fisher import diagonal_fisher
-from modpool.second_order import Penalty
 from modpool.tasks.task import take
 from modpool.train import TrainConfig
+from modpool.train.fisher import diagonal_fisher
+from modpool.train.second_order import Penalty
 
 FAST = dict(steps=3, epochs=None, batch_size=8, warmup=1, lr=1e-3, fisher_examples=24)
 

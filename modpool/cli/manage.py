@@ -1,0 +1,179 @@
+"""Commands that create, list, show, check and prune a pool."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .app import DtypeOpt, JsonOpt, OutOpt, app, emit, open_pool, out, pct, state
+
+
+@app.command(rich_help_panel="Pool")
+def init(
+    base: Annotated[
+        str,
+        typer.Option(
+            help="Base model: 'offline' (EfficientNet-Lite0, ships in "
+            "a package), openclip:ARCH:TAG|FILE|none, timm:ARCH:WEIGHTS."
+        ),
+    ] = "offline",
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size for timm bases (default 64).")
+    ] = None,
+    head_shots: Annotated[
+        int, typer.Option(help="Examples per class for fitted linear heads (timm bases); 0 = all.")
+    ] = 10,
+) -> None:
+    """Create a pool for one base."""
+    from ..pool import Pool
+
+    pool = Pool.create(state["pool"], base, image_size, head_shots, state["data_root"])
+    out.print(
+        f"created pool {pool.root} on {pool.config['base']} "
+        f"(fingerprint {pool.fingerprint[:12]}, {len(pool.manifest)} editable tensors)"
+    )
+
+
+@app.command("list", rich_help_panel="Pool")
+def list_(as_json: JsonOpt = False) -> None:
+    """List the modules and compositions in the pool."""
+    pool = open_pool()
+    entries = pool.entries()
+    table = Table(title=f"{pool.root} — base {pool.config['base']}")
+    for col in ("name", "type", "kind", "mode", "task(s)", "created"):
+        table.add_column(col)
+    for e in entries:
+        tasks = ", ".join(e.meta.get("tasks") or [e.meta.get("task", "?")])
+        table.add_row(
+            e.name, e.type, e.kind, e.meta.get("mode", "?"), tasks, e.meta.get("created", "")
+        )
+    emit(
+        as_json,
+        [{"name": e.name, **e.meta} for e in entries],
+        table,
+        None if entries else "the pool is empty: `modpool finetune --task mnist` makes a module",
+    )
+
+
+@app.command(rich_help_panel="Pool")
+def show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one module or composition: metadata, recipe, evaluations."""
+    pool = open_pool()
+    entry = pool.entry(name)
+    evals = [r for r in pool.history() if r.get("target") == name]
+    table = Table(title=f"{name} ({entry.type})", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in entry.meta.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        table.add_row(key, str(value))
+    table.add_row("file size", f"{entry.path.stat().st_size / 2**20:.2f} MiB")
+    for r in evals[-10:]:
+        table.add_row(f"eval {r['task']} ({r['split']})", pct(r["accuracy"]))
+    lineage = [
+        f"{f['name']}" + ("" if pool.exists(f["name"]) else " (forgotten)")
+        for f in entry.meta.get("lineage", {}).get("fisher_from", [])
+    ]
+    if lineage:
+        table.add_row("trained with the Fisher of", ", ".join(lineage))
+    used_by = pool.fisher_dependents(name)
+    if used_by:
+        table.add_row("its Fisher shaped", ", ".join(used_by))
+    emit(as_json, {"name": name, **entry.meta, "evals": evals, "fisher_used_by": used_by}, table)
+
+
+@app.command(rich_help_panel="Pool")
+def tasks() -> None:
+    """List the tasks modpool knows."""
+    from ..tasks import known_tasks
+
+    out.print("offline (ship in packages): mnist, animals, digits")
+    out.print("standard (need --data-root): " + ", ".join(t for t in known_tasks()[3:-1]))
+    out.print("any image folder: folder:PATH with PATH/train/<class>/ and PATH/test/<class>/")
+
+
+@app.command(rich_help_panel="Pool")
+def check(as_json: JsonOpt = False) -> None:
+    """Validate every file of the pool (headers, metadata, shapes, finite values,
+    fingerprints, recipes whose ingredients exist) and report each problem precisely."""
+    from ..store.check import check_pool
+
+    report = check_pool(open_pool())
+    for line in report.recovered:
+        Console(stderr=True).print(f"recovered: {line}")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "files": report.files,
+                    "recovered": report.recovered,
+                    "problems": [asdict(p) for p in report.problems],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        out.print(f"ok: {report.files} files checked, no problems")
+    else:
+        table = Table(title=f"{len(report.problems)} problem(s) in {report.files} files")
+        table.add_column("file")
+        table.add_column("problem")
+        for problem in report.problems:
+            table.add_row(problem.path, problem.message)
+        out.print(table)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel="Pool")
+def compact(
+    name: str,
+    output: OutOpt,
+    dtype: DtypeOpt = "bf16",
+    density: Annotated[
+        float, typer.Option(help="Fraction of each tensor's largest-magnitude entries kept.")
+    ] = 1.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a module again in compact form (lower precision, only its largest entries) under
+    a new name; the original stays, so nothing composed from it changes."""
+    from ..store.encoding import Storage
+
+    pool = open_pool()
+    storage = Storage(dtype, density)
+    before = pool.entry(name).path.stat().st_size
+    entry = pool.compact(name, output, storage)
+    after = entry.path.stat().st_size
+    note = (
+        f"stored [bold]{output}[/] ({dtype}, density {density:g}): {after / 2**20:.2f} MiB, "
+        f"{100 * after / before:.1f}% of {name} ({before / 2**20:.2f} MiB)"
+    )
+    emit(
+        as_json, {"name": output, "bytes": after, "source_bytes": before, **entry.meta}, None, note
+    )
+
+
+@app.command(rich_help_panel="Pool")
+def forget(name: str, as_json: JsonOpt = False) -> None:
+    """Remove a module and rebuild, exactly, every composition that used it (audit-logged)."""
+    report = open_pool().forget(name)
+    lines = [f"forgot {name}"]
+    lines += [
+        f"  rebuilt {r['name']} from {', '.join(r['ingredients'])} "
+        f"({r['sha256_before'][:12]} -> {r['sha256_after'][:12]})"
+        for r in report.rebuilt
+    ]
+    lines += [f"  removed {c} (no ingredients left)" for c in report.removed]
+    if report.fisher_used_by:
+        lines.append(
+            f"  note: {', '.join(report.fisher_used_by)} were trained with its Fisher "
+            "(they stay; `show` records it)"
+        )
+    emit(as_json, asdict(report), None, "\n".join(lines))

@@ -1,0 +1,118 @@
+"""The merge-method interface and registry.
+
+A method merges one parameter tensor at a time (`merge_tensor`), which lets `compose`
+stream many large modules through memory maps; a method that needs statistics over whole
+deltas (a global trim threshold) gathers them first in `prepare`, from the same sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ...errors import ModpoolError
+from ...model.delta import Params, Parts, names_of, weighted_parts, weighted_sum  # noqa: F401
+
+REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+class Source(Protocol):
+    """A delta read one tensor at a time (an opened file, or a dict in memory)."""
+
+    names: list[str]
+
+    def numel(self, name: str) -> int: ...
+
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+    def release(self, name: str) -> None: ...
+
+
+class MemorySource:
+    def __init__(self, delta: Params):
+        self.delta, self.names = delta, sorted(delta)
+
+    def numel(self, name: str) -> int:
+        return self.delta[name].numel()
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.delta[name].float()
+
+    def release(self, name: str) -> None:
+        pass
+
+
+class MergeMethod(ABC):
+    """A named merge. `defaults` lists the parameters it accepts and their defaults;
+    `choices` restricts string parameters to named variants."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # True when a NaN or infinity in any input always reaches the output (sums do; a trim
+    # can drop one), so checking the output checks the inputs too
+    propagates_nonfinite: ClassVar[bool] = False
+
+    def __init__(self, seed: int = 0, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            allowed = ", ".join(self.defaults) or "none"
+            raise ModpoolError(
+                f"{self.name} takes no parameter {', '.join(sorted(unknown))} (it takes: {allowed})"
+            )
+        self.seed = seed
+        self.params = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
+        for key, allowed in self.choices.items():
+            if self.params[key] not in allowed:
+                raise ModpoolError(
+                    f"{self.name}: {key} must be one of {', '.join(allowed)}, "
+                    f"not {self.params[key]!r}"
+                )
+        self.validate()
+
+    def validate(self) -> None:  # noqa: B027  (optional hook)
+        """Check parameter ranges; raise ModpoolError."""
+
+    def prepare(self, sources: list[Source]) -> None:  # noqa: B027  (optional hook)
+        """Gather whole-delta statistics before the tensors are merged one by one."""
+
+    @abstractmethod
+    def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
+        """Combine one parameter's tensors, given one user coefficient per ingredient."""
+
+    def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
+        """Combine deltas held in memory (same arithmetic as the streamed path)."""
+        self.prepare([MemorySource(d) for d in deltas])
+        return {
+            n: self.merge_tensor(n, [d.get(n) for d in deltas], alphas) for n in names_of(deltas)
+        }
+
+    def recipe_params(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, seed: int = 0, **params: Any) -> MergeMethod:
+    if name not in REGISTRY:
+        raise ModpoolError(f"unknown merge method {name!r}: choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name](seed=seed, **params)
+
+
+def check_fraction(method: str, key: str, value: float, low_open: bool, high_open: bool) -> None:
+    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ModpoolError(f"{method}: {key} must be in {bounds}, got {value}")
+
+
+def tensor_seed(seed: int, index: int, name: str) -> int:
+    """A stable per-(ingredient, tensor) seed, independent of iteration order."""
+    digest = hashlib.sha256(f"{seed}|{index}|{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -1,0 +1,105 @@
+"""Writing a module into a pool: a delta over the base's image tower, validated against the
+manifest, encoded in its storage form, staged and logged in one change."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import ModpoolError
+from .artifact import EXTRA_PREFIX, to_bytes
+from .encoding import Storage
+from .layout import Entry, digest, now, versions
+
+if TYPE_CHECKING:
+    from ..pool import Pool
+
+KEPT_ON_COMPACT = ("hparams", "metrics", "fisher", "lineage")
+
+
+def save_module(
+    pool: Pool,
+    name: str,
+    delta: dict[str, torch.Tensor],
+    task: str,
+    kind: str,
+    mode: str | None = None,
+    hparams: dict | None = None,
+    seed: int = 0,
+    metrics: dict | None = None,
+    extra_meta: dict | None = None,
+    fisher: dict[str, torch.Tensor] | None = None,
+    cleanup: list[str] | None = None,
+    storage: Storage | None = None,
+) -> Entry:
+    """Store a module, with its task's Fisher at the base when given (bfloat16: half the
+    bytes, float32's range). `storage` picks the stored dtype and density (compact
+    modules); the default is dense float32. `cleanup` lists pool files the same change
+    deletes (a finished run's checkpoint)."""
+    storage = storage or Storage()
+    check_delta(pool.manifest, delta, name)
+    tensors = {k: v.float() for k, v in delta.items()}
+    if fisher:
+        check_delta(pool.manifest, fisher, name)
+        tensors |= {f"{EXTRA_PREFIX}{k}": v.to(torch.bfloat16) for k, v in fisher.items()}
+    meta = {
+        "type": "module",
+        "kind": kind,
+        "mode": mode or kind,
+        "task": task,
+        "base": pool.config["base"],
+        "base_fingerprint": pool.fingerprint,
+        "dtype": storage.torch_name,
+        "storage": storage.to_dict(),
+        "hparams": hparams or {},
+        "seed": str(seed),
+        "metrics": metrics or {},
+        "versions": versions(),
+        "created": now(),
+        **(extra_meta or {}),
+    }
+    data = to_bytes(tensors, meta, storage)
+    with pool.change() as txn:
+        pool.require_new(name)
+        pool.stage(txn, f"modules/{name}.safetensors", data)
+        record = {"action": "add-module", "name": name, "sha256": digest(data)}
+        txn.log({"time": now(), **record, "task": task, "kind": kind})
+        for extra in cleanup or []:
+            txn.delete(extra)
+    return pool.entry(name)
+
+
+def check_delta(manifest: dict, delta: dict[str, torch.Tensor], name: str) -> None:
+    """Every tensor a parameter of the base, of its shape, and finite."""
+    for key, tensor in delta.items():
+        if key not in manifest:
+            raise ModpoolError(f"{name}: '{key}' is not a parameter of this pool's base")
+        if list(tensor.shape) != list(manifest[key][0]):
+            raise ModpoolError(
+                f"{name}: '{key}' has shape {list(tensor.shape)}, expected {manifest[key][0]}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModpoolError(f"{name}: '{key}' has NaN or infinite values; nothing was written")
+
+
+def compact(pool: Pool, name: str, output: str, storage: Storage) -> Entry:
+    """Store module `name` again as `output` in a compact form (dtype, density); the
+    original stays, so compositions that use it are unchanged."""
+    artifact = pool.read(name)
+    if artifact.meta["type"] != "module":
+        raise ModpoolError(f"{name} is a composition: compact its modules, or compose with --dtype")
+    meta = artifact.meta
+    return save_module(
+        pool,
+        output,
+        artifact.tensors,
+        meta["task"],
+        meta["kind"],
+        meta["mode"],
+        seed=int(meta.get("seed", 0)),
+        extra_meta={k: meta[k] for k in KEPT_ON_COMPACT if k in meta}
+        | {"compacted_from": {"name": name, "sha256": artifact.sha256}},
+        fisher=artifact.extra or None,
+        storage=storage,
+    )

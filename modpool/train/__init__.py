@@ -1,0 +1,23 @@
+"""train: producing a module. The training loop for every mode (`loop`), its pool verb
+(`finetune`), task heads (`heads`), the Fisher and the second-order penalties of ita and
+iel, checkpoints, and data-parallel training.
+
+May import: `model`, `bases`, `tasks`, `store`, `errors`, `progress`. Not `edit`,
+`analysis`, `interop` or `pool` (a pool arrives as an argument).
+"""
+
+from .finetune import default_module_name, finetune, kind_of
+from .heads import head_for
+from .loop import MODES, TrainConfig, TrainResult, defaults_for, fit
+
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "TrainResult",
+    "default_module_name",
+    "defaults_for",
+    "finetune",
+    "fit",
+    "head_for",
+    "kind_of",
+]
