@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from .store.hashes import HashCache
 from .store.journal import Transaction, pending, recover
 from .store.layout import (
     KINDS,
+    NAME_RE,
     POOL_FORMAT,
     Entry,
     check_name,
@@ -36,18 +38,24 @@ from .store.layout import (
     read_config,
     versions,
 )
-from .tasks import Task, get_task
+from .tasks import Task, canonical_name, get_task
 
 DEFAULT_HEAD_SHOTS = 10
 
 
-def verb(function: Callable) -> Callable:
-    """A Pool method that hands the call to `function(pool, ...)` in its room; it shows
-    the function's own signature and docstring (`help(Pool.compose)`)."""
+def verb(function: Callable, names: tuple[str, ...] = ()) -> Callable:
+    """A Pool method that hands the call to `function(pool, ...)` in its room, after
+    resolving the arguments listed in `names` (a name or a list of names, see
+    `Pool.resolve`); it shows the function's own signature and docstring."""
+    signature = inspect.signature(function)
 
     @functools.wraps(function)
     def method(self, *args, **kwargs):
-        return function(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        for key in names:
+            if key in bound.arguments:
+                bound.arguments[key] = self.resolve(bound.arguments[key])
+        return function(*bound.args, **bound.kwargs)
 
     return method
 
@@ -77,14 +85,18 @@ class Pool:
         image_size: int | None = None,
         head_shots: int = DEFAULT_HEAD_SHOTS,
         data_root: Path | str | None = None,
+        pretrained: str | None = None,
     ) -> Pool:
+        """A new pool on `base` (modpool's spec, an alias, or open_clip's spelling with
+        `pretrained`: see `bases.resolve_spec`)."""
         root = Path(root)
         if (root / "pool.json").exists():
             raise ModpoolError(f"a pool already exists at {root}")
         if root.exists() and not root.is_dir():
             raise ModpoolError(f"{root} exists and is not a directory")
-        loaded = load_base(base, image_size)
-        config = _new_config(resolve_spec(base), loaded, head_shots)
+        spec = resolve_spec(base, pretrained)
+        loaded = load_base(spec, image_size)
+        config = _new_config(spec, loaded, head_shots)
         for sub in ("heads", *KINDS):
             (root / sub).mkdir(parents=True, exist_ok=True)
         with locked(root / ".lock"):
@@ -101,7 +113,7 @@ class Pool:
     def open_or_create(cls, root: Path | str, base: str | None = None, **kwargs) -> Pool:
         if (Path(root) / "pool.json").exists():
             pool = cls(root, kwargs.get("data_root"))
-            if base and resolve_spec(base) != pool.config["base"]:
+            if base and resolve_spec(base, kwargs.get("pretrained")) != pool.config["base"]:
                 raise ModpoolError(
                     f"the pool at {root} uses base {pool.config['base']}, not {base}"
                 )
@@ -140,13 +152,43 @@ class Pool:
         return list_entries(self.root)
 
     def entry(self, name: str) -> Entry:
+        """A module or composition by name, or by the task of its one module."""
+        name = self.resolve(name)
         path = self.path_of(name)
-        if path is None:
-            names = ", ".join(e.name for e in self.entries()) or "none yet"
-            raise ModpoolError(
-                f"no module or composition named {name!r} in {self.root} (have: {names})"
-            )
         return Entry(name, path, read_metadata(path))
+
+    def resolve(self, name: str | list[str]) -> str | list[str]:
+        """The name of a module or composition: `name` itself when one is called so, else
+        the one module trained for task `name` (`cars` -> `cars-tangent` when that is the
+        pool's only Cars module). Several modules of the task are refused, listed. 'base'
+        stays 'base'. A list resolves element by element."""
+        if isinstance(name, list):
+            return [self.resolve(n) for n in name]
+        if name == "base" or (NAME_RE.match(name) and self.exists(name)):
+            return name
+        found = self.modules_of_task(name)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ModpoolError(
+                f"task {name!r} has {len(found)} modules: {', '.join(found)}; name the one you mean"
+            )
+        check_name(name)  # an impossible name says so
+        names = ", ".join(e.name for e in self.entries()) or "none yet"
+        raise ModpoolError(
+            f"no module or composition named {name!r} in {self.root}, and no module of a task "
+            f"{name!r} (have: {names})"
+        )
+
+    def modules_of_task(self, task: str) -> list[str]:
+        """The modules trained for `task` (any spelling of its name)."""
+        try:
+            wanted = canonical_name(task)
+        except ModpoolError:
+            return []
+        return [
+            e.name for e in self.entries() if e.type == "module" and e.meta.get("task") == wanted
+        ]
 
     def read(self, name: str) -> Artifact:
         """Load one artifact, validated against this pool's base."""
@@ -173,32 +215,37 @@ class Pool:
 
     # ---- the verbs, each done in its room --------------------------------------------
     save_module = verb(modules.save_module)
-    compact = verb(modules.compact)
+    compact = verb(modules.compact, ("name",))
     finetune = verb(train.finetune)
-    compose = verb(edit.compose)
+    compose = verb(edit.compose, ("names",))
 
     def add(self, names: list[str], output: str, alpha: float | list[float] = 1.0) -> Entry:
         """theta_0 + alpha * sum of the modules (task arithmetic)."""
-        return edit.compose(self, names, output, "sum", alpha)
+        return self.compose(names, output, "sum", alpha)
 
     def negate(
         self, name: str, output: str, alpha: float = 1.0, search: dict | None = None
     ) -> Entry:
         """theta_0 - alpha * tau: remove a capability the base had."""
-        return edit.compose(self, [name], output, "sum", [-alpha], search=search)
+        return self.compose([name], output, "sum", [-alpha], search=search)
 
-    forget = verb(edit.forget)
-    fisher_dependents = verb(edit.fisher_dependents)
+    forget = verb(edit.forget, ("name",))
+    fisher_dependents = verb(edit.fisher_dependents, ("name",))
+    evaluate = verb(analysis.evaluate, ("target",))
+    disentangle = verb(analysis.disentanglement, ("first", "second"))
     import_file = verb(interop.import_file)
     import_many = verb(interop.import_many)
-    evaluate = verb(analysis.evaluate)
+    import_checkpoint = verb(interop.import_checkpoint)
+    export = verb(interop.export_weights, ("name",))
+    push = verb(interop.push, ("name",))
+    pull = verb(interop.pull)
 
     def model(self, target: str = "base", task: str | None = None) -> EditedModel:
         """The base, a module or a composition as a ready nn.Module (logits if `task`)."""
         head = self.head(self.task(task)) if task else None
         if target == "base":
             return EditedModel(self.base, None, "nonlinear", head)
-        artifact = self.read(target)
+        artifact = self.read(self.resolve(target))
         return EditedModel(self.base, artifact.tensors, artifact.kind, head)
 
     # ---- logs and changes ------------------------------------------------------------

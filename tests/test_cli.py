@@ -14,29 +14,23 @@ def _ok(args, capsys):
 
 
 def test_tiny_clip_workflow(tmp_path, capsys):
+    """The mission's own lines, as typed: modules are named after their tasks."""
     p = ["--pool", str(tmp_path / "pool")]
     _ok([*p, "init", "--base", "tiny-clip"], capsys)
     _ok([*p, "finetune", "--task", "digits", *FAST], capsys)
     _ok([*p, "finetune", "--task", "mnist", *FAST], capsys)
     out = _ok([*p, "finetune", "--task", "digits", "--mode", "tangent", *FAST, "--json"], capsys)
     tangent = json.loads(out)
-    assert tangent["kind"] == "tangent" and tangent["hparams"]["steps_run"] == 2
+    assert tangent["name"] == "digits-tangent" and tangent["kind"] == "tangent"
+    assert tangent["hparams"]["steps_run"] == 2
     listed = json.loads(_ok([*p, "list", "--json"], capsys))
-    assert {e["name"] for e in listed} == {"digits-nonlinear", "mnist-nonlinear", "digits-tangent"}
-    _ok([*p, "add", "digits-nonlinear", "mnist-nonlinear", "-o", "both", "--alpha", "0.3"], capsys)
+    assert {e["name"] for e in listed} == {"digits", "mnist", "digits-tangent"}
+    shown = json.loads(_ok([*p, "show", "mnist", "--json"], capsys))
+    assert shown["mode"] == "nonlinear" and shown["task"] == "mnist"
+    _ok([*p, "add", "digits", "mnist", "-o", "both", "--alpha", "0.3"], capsys)
+    _ok([*p, "compose", "digits", "mnist", "-o", "merged"], capsys)
     _ok(
-        [
-            *p,
-            "compose",
-            "digits-nonlinear",
-            "mnist-nonlinear",
-            "-o",
-            "avg",
-            "--method",
-            "mean",
-            "--coef",
-            "mnist-nonlinear=2",
-        ],
+        [*p, "compose", "digits", "mnist", "-o", "avg", "--method", "mean", "--coef", "mnist=2"],
         capsys,
     )
     rows = json.loads(_ok([*p, "eval", "both", "--json"], capsys))
@@ -49,10 +43,10 @@ def test_tiny_clip_workflow(tmp_path, capsys):
         _ok([*p, "eval", "digits-tangent", "--task", "digits", "--split", "val", "--json"], capsys)
     )
     assert rows[0]["normalized"] == 1.0
-    forgot = json.loads(_ok([*p, "forget", "mnist-nonlinear", "--json"], capsys))
-    assert {r["name"] for r in forgot["rebuilt"]} == {"both", "avg"}
+    forgot = json.loads(_ok([*p, "forget", "mnist", "--json"], capsys))
+    assert {r["name"] for r in forgot["rebuilt"]} == {"both", "merged", "avg"}
     shown = json.loads(_ok([*p, "show", "avg", "--json"], capsys))
-    assert [i["name"] for i in shown["recipe"]["ingredients"]] == ["digits-nonlinear"]
+    assert [i["name"] for i in shown["recipe"]["ingredients"]] == ["digits"]
     assert shown["recipe"]["method"] == "mean"
     assert "forget" in (tmp_path / "pool" / "audit.jsonl").read_text()
     assert "both" in _ok([*p, "list"], capsys)
@@ -64,11 +58,11 @@ def test_offline_base_workflow(offline_pool, capsys):
     _ok([*p, "finetune", "--task", "digits", "--mode", "tangent", "--name", "dt", *FAST], capsys)
     base = json.loads(_ok([*p, "eval", "base", "--task", "digits", "--json"], capsys))[0]
     assert base["accuracy"] > 0.5  # a real pretrained base with a fitted few-shot head
-    _ok([*p, "negate", "digits-nonlinear", "-o", "neg", "--alpha", "1"], capsys)
+    _ok([*p, "negate", "digits", "-o", "neg", "--alpha", "1"], capsys)
     negated = json.loads(_ok([*p, "eval", "neg", "--json"], capsys))[0]
-    module = json.loads(_ok([*p, "eval", "digits-nonlinear", "--json"], capsys))[0]
+    module = json.loads(_ok([*p, "eval", "digits", "--json"], capsys))[0]
     assert negated["accuracy"] != module["accuracy"]
-    out = _ok([*p, "forget", "digits-nonlinear"], capsys)
+    out = _ok([*p, "forget", "digits"], capsys)
     assert "removed neg" in out
     _ok([*p, "show", "dt"], capsys)
 

@@ -165,12 +165,12 @@ def test_cli_second_order_workflow(clip_pool, capsys):
     ok(["compose", "mnist-iel", "digits-iel", "-o", "iel-mean", "--method", "mean"])
     rows = json.loads(ok(["eval", "iel-mean", "--json"]))
     assert [r["task"] for r in rows] == ["mnist", "digits"]
-    shown = json.loads(ok(["show", "mnist-ita", "--json"]))
-    assert shown["fisher_used_by"] == ["digits-ita"]
-    out = ok(["forget", "mnist-ita"])
-    assert "digits-ita" in out and "Fisher" in out
-    shown = ok(["show", "digits-ita"])
-    assert "mnist-ita (forgotten)" in shown
+    shown = json.loads(ok(["show", "mnist", "--json"]))  # the first module of a task: its name
+    assert shown["mode"] == "ita" and shown["fisher_used_by"] == ["digits"]
+    out = ok(["forget", "mnist"])
+    assert "digits" in out and "Fisher" in out
+    shown = ok(["show", "digits"])
+    assert "mnist (forgotten)" in shown
     code, _, err = run_cli(
         [
             *p,

@@ -284,9 +284,9 @@ def test_finetune_stores_compact_module(clip_pool, capsys):
         capsys,
     )
     assert code == 0, err
-    meta = clip_pool.entry("digits-nonlinear").meta
+    meta = clip_pool.entry("digits").meta
     assert meta["dtype"] == "float16" and meta["storage"]["density"] == 0.5
-    tensors = clip_pool.read("digits-nonlinear").tensors
+    tensors = clip_pool.read("digits").tensors
     assert all(t.dtype == torch.float32 for t in tensors.values())
 
 

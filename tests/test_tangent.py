@@ -78,11 +78,11 @@ def test_finetune_last_blocks_module(clip_pool, capsys):
         [*args, "--batch-size", "4", "--mode", "tangent", "--last-blocks", "1"], capsys
     )
     assert code == 0, err
-    module = clip_pool.read("digits-tangent")
+    module = clip_pool.read("digits")
     assert set(module.tensors) == set(clip_pool.base.trainable(1))
     assert module.meta["hparams"]["last_blocks"] == 1
     clip_pool.save_module("full", random_delta(clip_pool, 1), "mnist", "tangent")
-    clip_pool.add(["digits-tangent", "full"], "both", 0.5)
+    clip_pool.add(["digits", "full"], "both", 0.5)
     assert clip_pool.evaluate("both", ["digits"], "test")[0].accuracy >= 0
     code, out, err = run_cli([*args, "--mode", "iel", "--last-blocks", "1", "--name", "x"], capsys)
     assert code != 0 and "does not combine with iel" in err + out

@@ -5,6 +5,7 @@ May import: `model`, `bases`, `tasks`, `store`, `errors`, `progress`. Not `train
 `interop` or `pool` (a pool arrives as an argument).
 """
 
+from .disentangle import disentanglement
 from .evaluate import EvalRow, evaluate
 
-__all__ = ["EvalRow", "evaluate"]
+__all__ = ["EvalRow", "disentanglement", "evaluate"]

@@ -19,6 +19,7 @@ from ..model.accuracy import EVAL_BATCH
 from ..model.edited import EditedModel
 from ..progress import bar
 from ..tasks import batches
+from .figures import pyplot
 
 DEFAULT_GRID = [round(-3 + 0.5 * i, 2) for i in range(13)]
 
@@ -119,15 +120,16 @@ def _tangent_grid(pool, taus, heads, data, grid, show_progress) -> torch.Tensor:
     return error
 
 
-def save_map(result: dict, png: Path) -> tuple[Path, Path]:
-    """Write the heat map as PNG and the numbers as JSON beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def save_map(result: dict, png: Path) -> tuple[Path | None, Path]:
+    """Write the numbers as JSON and the heat map as PNG beside it (None without
+    matplotlib)."""
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
+    json_path = png.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    plt = pyplot()
+    if plt is None:
+        return None, json_path
     alphas = result["alphas"]
     fig, ax = plt.subplots(figsize=(5, 4.2), dpi=100)
     image = ax.imshow(
@@ -147,6 +149,4 @@ def save_map(result: dict, png: Path) -> tuple[Path, Path]:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-    json_path = png.with_suffix(".json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
     return png, json_path

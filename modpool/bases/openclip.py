@@ -45,41 +45,38 @@ class OpenCLIPBase(Base):
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, image_size: int | None) -> OpenCLIPBase:
+        """`rest` is `ARCH:PRETRAINED` (a tag, a weights file or 'none') or `hf-hub:ORG/REPO`.
+        Weights published with QuickGELU (OpenAI's) get a model built with QuickGELU, which
+        open_clip 2.29 and later no longer force."""
         import open_clip
 
         register_configs()
+        if rest.startswith("hf-hub:"):
+            model = _create(rest, None, False, f"{rest} (config and weights from the Hub)")
+            return cls(spec, model, open_clip.get_tokenizer(rest), rest.removeprefix("hf-hub:"))
         arch, _, pretrained = rest.partition(":")
-        if arch not in open_clip.list_models():
+        if not is_architecture(arch):
             raise ModpoolError(
                 f"unknown open_clip architecture {arch!r} (see open_clip.list_models())"
             )
         pretrained = pretrained or "none"
-        hub_id = None
+        hub_id, quick_gelu = None, False
         if pretrained == "none":
             torch.manual_seed(0)  # random weights, reproducible: for tests and benchmarks only
-            logging.getLogger().disabled = True  # open_clip warns that no weights were loaded
-            try:
-                model = open_clip.create_model(arch, pretrained=None)
-            finally:
-                logging.getLogger().disabled = False
+            model = _create(arch, None, False, f"{arch} with random weights")
         elif Path(pretrained).exists():
-            model = open_clip.create_model(arch, pretrained=pretrained)
+            model = _create(arch, pretrained, False, f"{arch} from {pretrained}")
         else:
-            tags = open_clip.list_pretrained_tags_by_model(arch)
+            tags = tags_of(arch)
             if pretrained not in tags:
                 raise ModpoolError(
                     f"{arch} has no pretrained tag {pretrained!r} and no such weights file; "
                     f"tags: {', '.join(tags) or 'none'}"
                 )
-            hub_id = _hub_id(arch, pretrained)
-            try:
-                model = open_clip.create_model(arch, pretrained=pretrained)
-            except Exception as exc:  # network or cache problems surface here
-                raise ModpoolError(
-                    f"could not load {arch}:{pretrained} weights ({type(exc).__name__}); "
-                    "they download once from the Hugging Face Hub: check the network or "
-                    "HF_HUB_OFFLINE, or pass a local weights file instead of the tag"
-                ) from None
+            cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+            hub_id = (cfg.get("hf_hub") or "").rstrip("/") or None
+            quick_gelu = bool(cfg.get("quick_gelu"))
+            model = _create(arch, pretrained, quick_gelu, f"{arch}:{pretrained} weights")
         return cls(spec, model, open_clip.get_tokenizer(arch), hub_id)
 
     @torch.no_grad()
@@ -100,14 +97,37 @@ class OpenCLIPBase(Base):
         return float(self.model.logit_scale.exp())
 
 
-def _hub_id(arch: str, tag: str) -> str | None:
+def is_architecture(arch: str) -> bool:
     import open_clip
 
+    register_configs()
+    return arch in open_clip.list_models()
+
+
+def tags_of(arch: str) -> list[str]:
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(arch))
+
+
+def _create(name: str, pretrained: str | None, quick_gelu: bool, what: str):
+    """open_clip.create_model, with its failures (no network, no cache, a bad file) as one
+    clear line, and its warning about random weights silenced when they are asked for."""
+    import open_clip
+
+    logging.getLogger().disabled = pretrained is None and not name.startswith("hf-hub:")
     try:
-        cfg = open_clip.get_pretrained_cfg(arch, tag)
-    except Exception:
-        return None
-    return cfg.get("hf_hub", "").rstrip("/") or None
+        return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [""])[0]
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        raise ModpoolError(
+            f"could not load {what} ({type(exc).__name__}: {detail}); weights named by a tag "
+            "or hf-hub: download once from the Hugging Face Hub: check the network or "
+            "HF_HUB_OFFLINE, or pass a local weights file"
+        ) from None
+    finally:
+        logging.getLogger().disabled = False
 
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -37,6 +37,13 @@ DtypeOpt = Annotated[
     str, typer.Option(help="Stored precision: fp32, bf16 or fp16 (half the bytes).")
 ]
 
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With an open_clip architecture as --base: its pretrained tag (openai, "
+        "laion2b_s34b_b79k, ...), a local weights file, or none."
+    ),
+]
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Name of the new composition.")]
 GridOpt = Annotated[
     str | None,

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .app import DtypeOpt, JsonOpt, OutOpt, app, emit, open_pool, out, pct, state
+from .app import DtypeOpt, JsonOpt, OutOpt, PretrainedOpt, app, emit, open_pool, out, pct, state
 
 
 @app.command(rich_help_panel="Pool")
@@ -18,10 +18,12 @@ def init(
     base: Annotated[
         str,
         typer.Option(
-            help="Base model: 'offline' (EfficientNet-Lite0, ships in "
-            "a package), openclip:ARCH:TAG|FILE|none, timm:ARCH:WEIGHTS."
+            help="Base model: 'offline' (EfficientNet-Lite0, ships in a package), an open_clip "
+            "architecture with --pretrained (ViT-B-32 --pretrained openai), hf-hub:ORG/REPO, "
+            "openclip:ARCH:TAG|FILE|none, timm:ARCH:WEIGHTS."
         ),
     ] = "offline",
+    pretrained: PretrainedOpt = None,
     image_size: Annotated[
         int | None, typer.Option(help="Input size for timm bases (default 64).")
     ] = None,
@@ -32,7 +34,7 @@ def init(
     """Create a pool for one base."""
     from ..pool import Pool
 
-    pool = Pool.create(state["pool"], base, image_size, head_shots, state["data_root"])
+    pool = Pool.create(state["pool"], base, image_size, head_shots, state["data_root"], pretrained)
     out.print(
         f"created pool {pool.root} on {pool.config['base']} "
         f"(fingerprint {pool.fingerprint[:12]}, {len(pool.manifest)} editable tensors)"
@@ -64,7 +66,8 @@ def list_(as_json: JsonOpt = False) -> None:
 def show(name: str, as_json: JsonOpt = False) -> None:
     """Show one module or composition: metadata, recipe, evaluations."""
     pool = open_pool()
-    entry = pool.entry(name)
+    entry = pool.entry(name)  # a task's name shows its one module
+    name = entry.name
     evals = [r for r in pool.history() if r.get("target") == name]
     table = Table(title=f"{name} ({entry.type})", show_header=False)
     table.add_column("field", style="bold")
@@ -164,7 +167,7 @@ def compact(
 def forget(name: str, as_json: JsonOpt = False) -> None:
     """Remove a module and rebuild, exactly, every composition that used it (audit-logged)."""
     report = open_pool().forget(name)
-    lines = [f"forgot {name}"]
+    lines = [f"forgot {report.forgotten}"]
     lines += [
         f"  rebuilt {r['name']} from {', '.join(r['ingredients'])} "
         f"({r['sha256_before'][:12]} -> {r['sha256_after'][:12]})"

@@ -58,16 +58,17 @@ def disentangle(
 ) -> None:
     """Weight disentanglement error of two modules over an (alpha_1, alpha_2) grid, as a PNG
     heat map and JSON."""
-    from ..analysis.disentangle import disentanglement, save_map
+    from ..analysis.disentangle import save_map
+    from ..analysis.figures import PLOT_EXTRA
 
-    result = disentanglement(
-        open_pool(), first, second, parse_grid(grid), split, limit, state["progress"]
-    )
+    pool = open_pool()
+    result = pool.disentangle(first, second, parse_grid(grid), split, limit, state["progress"])
     png, js = save_map(result, output or Path(f"disentangle-{first}-{second}.png"))
+    size = len(result["alphas"])
+    wrote = f"wrote {png} and {js}" if png else f"wrote {js} ({PLOT_EXTRA})"
     emit(
         as_json,
-        {**result, "png": str(png), "json": str(js)},
+        {**result, "png": str(png) if png else None, "json": str(js)},
         None,
-        f"wrote {png} and {js} ({len(result['alphas'])}x{len(result['alphas'])} grid, "
-        f"{result['kind']})",
+        f"{wrote} ({size}x{size} grid, {result['kind']})",
     )

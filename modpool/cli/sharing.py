@@ -9,6 +9,13 @@ import typer
 
 from .app import JsonOpt, app, emit, open_pool, out
 
+MaxDistanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Largest relative distance |ft - base| / |base| accepted for a checkpoint "
+        "(default 0.1: a fine-tune moves a few percent, another pretraining ~100%)."
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -20,13 +27,23 @@ TokenOpt = Annotated[
 @app.command(rich_help_panel="Share")
 def export(
     name: str,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="The .safetensors file (openclip) or the folder (hf) to write."
+        ),
+    ],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="openclip: one file open_clip loads (create_model(arch, pretrained=FILE)); "
+            "hf: a CLIPVisionModelWithProjection folder for transformers.",
+        ),
+    ] = "openclip",
 ) -> None:
-    """Write base + a nonlinear module/composition as plain weights (open_clip loads them with
-    create_model(arch, pretrained=FILE))."""
-    from ..interop.export import export_weights
-
-    path = export_weights(open_pool(), name, output)
+    """Write base + a nonlinear module/composition as plain weights."""
+    path = open_pool().export(name, output, format)
     out.print(f"wrote {path}")
 
 
@@ -41,30 +58,97 @@ def push(
     revision: Annotated[str | None, typer.Option(help="Branch to upload to.")] = None,
 ) -> None:
     """Upload a module or composition (with its ingredients) and a model card to the Hub."""
-    from ..interop.hub import push as push_
-
-    url = push_(open_pool(), name, repo, private, token, revision)
+    url = open_pool().push(name, repo, private, token, revision)
     out.print(f"pushed {name} to {url}")
 
 
 @app.command(rich_help_panel="Share")
 def pull(
     ref: Annotated[str, typer.Argument(help="USER/REPO[@REVISION], or a local snapshot folder.")],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="For a fine-tuned model repository (HF CLIP or open_clip weights, no "
+            "modpool.json): the task it was fine-tuned on; it is imported as a module."
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Module name (with --task).")] = None,
+    max_distance: MaxDistanceOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Download a module or composition into the pool, refusing other bases and bad files."""
-    from ..interop.hub import pull as pull_
-
-    names = pull_(open_pool(), ref, token)
+    """Download a modpool repository, or a fine-tuned model with --task, into the pool,
+    refusing other bases and bad files."""
+    names = open_pool().pull(ref, token, task, name, max_distance)
     out.print(f"imported {', '.join(names)}" if names else "nothing new: the pool has it all")
 
 
 @app.command("import", rich_help_panel="Share")
 def import_(
-    path: Path,
-    name: Annotated[str | None, typer.Option(help="Name in the pool.")] = None,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A modpool file; a fine-tuned checkpoint (open_clip or timm state dict, "
+            "task-vectors pickle, params/params0 tangent checkpoint, Hugging Face CLIP folder); "
+            "or a folder of <Task>/finetuned.pt, <Task>Val/{nonlinear,linear}_finetuned.pt."
+        ),
+    ],
+    task: Annotated[
+        str | None, typer.Option(help="The task a checkpoint was fine-tuned on.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name in the pool (default: the task, as typed).")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="nonlinear (default) or tangent: the forward the module is used in."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be imported; write nothing.")
+    ] = False,
+    max_distance: MaxDistanceOpt = None,
+    skip_unknown: Annotated[
+        bool,
+        typer.Option("--skip-unknown", help="A folder: leave out the tasks modpool does not know."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Copy a module or composition file into the pool (validated, same base only)."""
-    entry = open_pool().import_file(path, name)
-    emit(as_json, {"name": entry.name, **entry.meta}, None, f"imported {entry.name} ({entry.type})")
+    """Bring a module, a composition or a fine-tuned checkpoint into the pool (validated: same
+    base only). A folder of checkpoints is imported as one change: all or none."""
+    from ..interop.importing import DEFAULT_MAX_DISTANCE
+
+    limit = DEFAULT_MAX_DISTANCE if max_distance is None else max_distance
+    done = open_pool().import_checkpoint(path, task, name, mode, dry_run, limit, skip_unknown)
+    if dry_run:
+        payload = [{"name": p.name, "task": p.task, **p.summary()} for p in done]
+        note = plan_note(done) if done else f"{path} is a valid modpool file for this pool"
+        emit(as_json, payload, None, note)
+        return
+    emit(as_json, [{"name": e.name, **e.meta} for e in done], None, imported_note(done))
+
+
+def imported_note(entries) -> str:
+    lines = []
+    for entry in entries:
+        line = f"imported {entry.name} ({entry.type}, {entry.kind}, {', '.join(entry.tasks)})"
+        info = entry.meta.get("imported_from") or {}
+        if info:
+            line += (
+                f" from a {info['format']}: {info['mapped']} tensors mapped, distance from "
+                f"the base {info['distance']:.2%}"
+            )
+        lines += [line, *(f"  note: {note}" for note in info.get("notes", []))]
+    return "\n".join(lines)
+
+
+def plan_note(plans) -> str:
+    lines = ["would import (nothing written):"]
+    for plan in plans:
+        summary = plan.summary()
+        dropped = ", ".join(f"{n} {group}" for group, n in summary["dropped"].items()) or "none"
+        lines.append(
+            f"  {plan.name}: task {plan.task}, {plan.kind}, from {plan.path.name} "
+            f"({plan.format}); {summary['mapped']} tensors mapped, dropped {dropped}, "
+            f"{len(plan.missing)} kept at the base; distance from the base {plan.distance:.2%}"
+        )
+        lines += [f"    note: {note}" for note in plan.notes]
+    return "\n".join(lines)

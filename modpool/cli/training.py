@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ModpoolError
-from .app import DtypeOpt, JsonOpt, app, emit, out, pct, state
+from .app import DtypeOpt, JsonOpt, PretrainedOpt, app, emit, out, pct, state
 
 
 @app.command(rich_help_panel="Train")
@@ -22,7 +22,12 @@ def finetune(
             "penalty that keeps the module in the pretrained basin)."
         ),
     ] = "nonlinear",
-    name: Annotated[str | None, typer.Option(help="Module name (default TASK-MODE).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Module name (default: the task as typed, or TASK-MODE when a module has it)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (CLIP default 2000).")] = None,
     epochs: Annotated[
         float | None, typer.Option(help="Epochs instead of steps (offline default 2).")
@@ -100,6 +105,7 @@ def finetune(
     base: Annotated[
         str | None, typer.Option(help="Base, when this command creates the pool.")
     ] = None,
+    pretrained: PretrainedOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the base on one task and store the change as a module."""
@@ -107,7 +113,9 @@ def finetune(
     from ..store.encoding import Storage
     from ..train.loop import defaults_for
 
-    pool = Pool.open_or_create(state["pool"], base, data_root=state["data_root"])
+    pool = Pool.open_or_create(
+        state["pool"], base, data_root=state["data_root"], pretrained=pretrained
+    )
     cfg = defaults_for(pool.base)
     cfg.mode, cfg.seed, cfg.device = mode, seed, device
     if steps is not None:

@@ -1,10 +1,20 @@
-"""interop: the world outside the pool. Files brought in (`importing`), plain weights
-written out (`export`), and the Hugging Face Hub both ways (`hub`).
+"""interop: the world outside the pool. Files brought in (`importing`: modpool files, and
+the field's fine-tuned checkpoints read by `checkpoints`, `unpickle` and `hf_clip`), plain
+weights written out (`export`: open_clip or Hugging Face), and the Hub both ways (`hub`).
 
 May import: `model`, `bases`, `tasks`, `store`, `errors`, `progress`. Not `train`, `edit`,
 `analysis` or `pool` (a pool arrives as an argument).
 """
 
-from .importing import import_file, import_many
+from .export import export_weights
+from .hub import pull, push
+from .importing import import_checkpoint, import_file, import_many
 
-__all__ = ["import_file", "import_many"]
+__all__ = [
+    "export_weights",
+    "import_checkpoint",
+    "import_file",
+    "import_many",
+    "pull",
+    "push",
+]

@@ -8,27 +8,38 @@ module is read through a memory map and only the base's weights are held whole.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors.torch import save_file
 
 from ..errors import ModpoolError
 from ..store.atomic import atomic_writer
 from ..store.tensorfile import DTYPE_NAME, TensorWriter
+from . import hf_clip
+
+if TYPE_CHECKING:
+    from ..pool import Pool
 
 
-def export_weights(pool, name: str, path: Path | str) -> Path:
+def export_weights(pool: Pool, name: str, path: Path | str, format: str = "openclip") -> Path:
+    """Write base + module `name` as plain weights: `openclip` (one .safetensors file that
+    open_clip or timm loads) or `hf` (a Hugging Face `CLIPVisionModelWithProjection`
+    folder)."""
+    if format == "hf":
+        return export_hf(pool, name, Path(path))
+    if format != "openclip":
+        raise ModpoolError(f"unknown export format {format!r}: openclip or hf")
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ModpoolError(
             f"export writes safetensors: name the file *.safetensors, not {path.name}"
         )
     with pool.open_artifact(name) as artifact:
-        if artifact.kind == "tangent":
-            raise ModpoolError(
-                f"{name} is a tangent module: it acts through the linearised model "
-                "f(x; theta_0) + J f(x; theta_0) . tau, which no single set of weights "
-                "reproduces, so it cannot be flattened; use it through modpool (pool.model) "
-                "instead"
-            )
+        _refuse_tangent(name, artifact.kind)
         base = pool.base
         if hasattr(base, "model"):  # open_clip: full model, visual tower edited
             state, prefix = base.model.state_dict(), "visual."
@@ -50,3 +61,47 @@ def export_weights(pool, name: str, path: Path | str) -> Path:
                 writer.write(key, value)
             writer.finish()
     return path
+
+
+def export_hf(pool: Pool, name: str, folder: Path) -> Path:
+    """A `CLIPVisionModelWithProjection` folder (config.json, model.safetensors) holding the
+    image tower at theta_0 + delta; `transformers` loads it and gives the open_clip export's
+    image features. Written into a temporary folder, then renamed: never half a folder."""
+    if folder.exists() and any(folder.iterdir()):
+        raise ModpoolError(f"{folder} exists and is not empty: choose a new folder")
+    base = pool.base
+    if base.head_kind != "zeroshot":
+        raise ModpoolError("--format hf exports CLIP image towers; this pool's base is not CLIP")
+    config = hf_clip.vision_config(base.tower)
+    with pool.open_artifact(name) as artifact:
+        _refuse_tangent(name, artifact.kind)
+        state = {}
+        for key, value in base.tower.named_parameters():
+            if key in artifact.shapes:
+                value = (value.float() + artifact.tensor(key)).to(value.dtype)
+            state[key] = value.detach()
+    tensors = hf_clip.from_openclip(state)
+    meta = {"format": "pt", "modpool_source": name, "base_fingerprint": pool.fingerprint}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        staging = Path(tmp) / "out"
+        staging.mkdir()
+        save_file(tensors, staging / "model.safetensors", metadata=meta)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for file in staging.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        if folder.exists():
+            folder.rmdir()
+        os.replace(staging, folder)
+    return folder
+
+
+def _refuse_tangent(name: str, kind: str) -> None:
+    if kind == "tangent":
+        raise ModpoolError(
+            f"{name} is a tangent module: it acts through the linearised model "
+            "f(x; theta_0) + J f(x; theta_0) . tau, which no single set of weights "
+            "reproduces, so it cannot be flattened; use it through modpool (pool.model) "
+            "instead"
+        )

@@ -14,10 +14,16 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
 from ..store.artifact import load_artifact
 from ..store.layout import check_name
+from .checkpoints import HF_WEIGHTS, OPENCLIP_WEIGHTS
+from .importing import import_checkpoint
+
+if TYPE_CHECKING:
+    from ..pool import Pool
 
 HUB_FORMAT = "modpool-hub/1"
 MANIFEST = "modpool.json"
@@ -192,10 +198,28 @@ def push(
     return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
 
 
-def pull(pool, ref: str, token: str | None = None) -> list[str]:
-    """Download `USER/REPO[@REVISION]` (or read a local snapshot folder), validate every file
-    against this pool, then import what is missing. Returns the names imported."""
-    folder = _fetch(ref, token)
+def pull(
+    pool: Pool,
+    ref: str,
+    token: str | None = None,
+    task: str | None = None,
+    name: str | None = None,
+    max_distance: float | None = None,
+) -> list[str]:
+    """Download `USER/REPO[@REVISION]` (or read a local snapshot folder) and import it: a
+    modpool repository (every file validated against this pool, what is missing imported),
+    or, with `task`, a fine-tuned model repository (a Hugging Face CLIP model or open_clip
+    weights), imported as a module like `modpool import`. Returns the names imported."""
+    folder = _fetch(ref, token, modpool_only=task is None)
+    if not (folder / MANIFEST).is_file():
+        if task is None:
+            raise ModpoolError(
+                f"{ref} is not a modpool repository (no {MANIFEST}); if it holds a fine-tuned "
+                "model (Hugging Face CLIP or open_clip weights), say its task with --task T"
+            )
+        limit = {} if max_distance is None else {"max_distance": max_distance}
+        entries = import_checkpoint(pool, folder, task, name, origin={"hub": ref}, **limit)
+        return [e.name for e in entries]
     manifest = _read_manifest(folder, pool)
     plan = []
     for n in manifest["order"]:
@@ -223,15 +247,21 @@ def pull(pool, ref: str, token: str | None = None) -> list[str]:
     return [n for n, _ in plan]
 
 
-def _fetch(ref: str, token: str | None) -> Path:
+def _fetch(ref: str, token: str | None, modpool_only: bool = True) -> Path:
     if Path(ref).is_dir():
         return Path(ref)
     repo, _, revision = ref.partition("@")
     _check_repo_id(repo)
     from huggingface_hub import snapshot_download
 
+    patterns = [MANIFEST, "README.md", "artifacts/*"]
+    if not modpool_only:  # a model repository: its config and weights, not every format
+        patterns += ["config.json", *HF_WEIGHTS, *OPENCLIP_WEIGHTS, "open_clip_config.json"]
     try:
-        return Path(snapshot_download(repo, revision=revision or None, token=token))
+        path = snapshot_download(
+            repo, revision=revision or None, token=token, allow_patterns=patterns
+        )
+        return Path(path)
     except Exception as exc:
         raise ModpoolError(
             f"could not download {ref}: {type(exc).__name__}: {_safe(exc, token)} "

@@ -36,6 +36,7 @@ JSON_FIELDS = (
     "fisher",
     "storage",
     "compacted_from",
+    "imported_from",
 )
 REQUIRED_FIELDS = ("format", "type", "kind", "mode", "base", "base_fingerprint")
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,22 @@ def check_name(name: str, what: str = "name") -> str:
 def safe_name(text: str) -> str:
     """`text` with every character a name may not hold replaced by '-'."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", text)
+
+
+def default_module_name(task: str, mode: str, taken: Callable[[str], bool]) -> str:
+    """A new module's name: the task as typed (`cars`), or, when a module already has that
+    name, `cars-MODE`, then `cars-MODE-2`, ...: never one in use."""
+    return next(n for n in name_candidates(task, mode) if not taken(n))
+
+
+def name_candidates(task: str, mode: str) -> Iterator[str]:
+    """`cars`, `cars-MODE`, `cars-MODE-2`, ... (a folder task by its folder's name)."""
+    stem = Path(task.removeprefix("folder:")).name if task.startswith("folder:") else task
+    stem = safe_name(stem)
+    yield check_name(stem)
+    yield check_name(f"{stem}-{mode}")
+    for i in count(2):
+        yield check_name(f"{stem}-{mode}-{i}")
 
 
 @dataclass

@@ -3,14 +3,17 @@ manifest, encoded in its storage form, staged and logged in one change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ModpoolError
-from .artifact import EXTRA_PREFIX, to_bytes
+from .artifact import EXTRA_PREFIX, FORMAT, all_finite, encode_metadata, to_bytes
 from .encoding import Storage
+from .journal import Transaction
 from .layout import Entry, digest, now, versions
+from .tensorfile import TensorWriter
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -43,7 +46,30 @@ def save_module(
     if fisher:
         check_delta(pool.manifest, fisher, name)
         tensors |= {f"{EXTRA_PREFIX}{k}": v.to(torch.bfloat16) for k, v in fisher.items()}
-    meta = {
+    extra = {"hparams": hparams or {}, "seed": str(seed), "metrics": metrics or {}}
+    meta = module_meta(pool, task, kind, mode, extra | (extra_meta or {}), storage)
+    data = to_bytes(tensors, meta, storage)
+    with pool.change() as txn:
+        pool.require_new(name)
+        pool.stage(txn, f"modules/{name}.safetensors", data)
+        record = {"action": "add-module", "name": name, "sha256": digest(data)}
+        txn.log({"time": now(), **record, "task": task, "kind": kind})
+        for extra_file in cleanup or []:
+            txn.delete(extra_file)
+    return pool.entry(name)
+
+
+def module_meta(
+    pool: Pool,
+    task: str,
+    kind: str,
+    mode: str | None = None,
+    extra: dict | None = None,
+    storage: Storage | None = None,
+) -> dict:
+    """A module's metadata: what it is, which base it belongs to, how it is stored."""
+    storage = storage or Storage()
+    return {
         "type": "module",
         "kind": kind,
         "mode": mode or kind,
@@ -52,22 +78,42 @@ def save_module(
         "base_fingerprint": pool.fingerprint,
         "dtype": storage.torch_name,
         "storage": storage.to_dict(),
-        "hparams": hparams or {},
-        "seed": str(seed),
-        "metrics": metrics or {},
+        "hparams": {},
+        "seed": "0",
+        "metrics": {},
         "versions": versions(),
         "created": now(),
-        **(extra_meta or {}),
+        **(extra or {}),
     }
-    data = to_bytes(tensors, meta, storage)
-    with pool.change() as txn:
-        pool.require_new(name)
-        pool.stage(txn, f"modules/{name}.safetensors", data)
-        record = {"action": "add-module", "name": name, "sha256": digest(data)}
-        txn.log({"time": now(), **record, "task": task, "kind": kind})
-        for extra in cleanup or []:
-            txn.delete(extra)
-    return pool.entry(name)
+
+
+def stream_module(
+    pool: Pool,
+    txn: Transaction,
+    name: str,
+    meta: dict,
+    shapes: dict[str, list[int]],
+    tensor_of: Callable[[str], torch.Tensor],
+) -> str:
+    """Write a dense float32 module into `txn` one tensor at a time (`tensor_of(name)` is
+    called once per tensor, in the file's order); returns its sha256."""
+    for key, shape in shapes.items():
+        if key not in pool.manifest or list(pool.manifest[key][0]) != list(shape):
+            raise ModpoolError(f"{name}: '{key}' {list(shape)} is not a parameter of this base")
+    plan = [(key, "F32", list(shape)) for key, shape in shapes.items()]
+    header = encode_metadata({"format": FORMAT, **meta})
+    rel = f"modules/{name}.safetensors"
+    with txn.stream(rel) as f, TensorWriter(f, plan, header) as writer:
+        for key in writer.order:
+            value = tensor_of(key).float()
+            if not all_finite(value):
+                raise ModpoolError(
+                    f"{name}: '{key}' has NaN or infinite values; nothing was written"
+                )
+            writer.write(key, value)
+        sha = writer.finish()
+    pool.remember(txn, rel, sha)
+    return sha
 
 
 def check_delta(manifest: dict, delta: dict[str, torch.Tensor], name: str) -> None:

@@ -4,6 +4,8 @@
 `digits`, lower case), the eight standard CLIP tasks under a data root (`Cars`, `DTD`,
 `EuroSAT`, `GTSRB`, `MNIST`, `RESISC45`, `SUN397`, `SVHN`; any case but `mnist`, which is
 the offline one), and `folder:PATH`.
+
+May import: `errors` only (and torchvision, the offline data packages).
 """
 
 from __future__ import annotations
@@ -19,14 +21,26 @@ OFFLINE = ("mnist", "animals", "digits")
 def get_task(name: str, data_root: Path | str | None = None) -> Task:
     from . import folder, offline, standard
 
+    name = canonical_name(name)
     if name in offline.TASKS:
         return offline.TASKS[name]()
-    if standard.canonical(name):
-        return standard.make_task(name, data_root)
     if name.startswith("folder:"):
         return folder.make_task(Path(name.removeprefix("folder:")))
-    known = ", ".join([*offline.TASKS, *standard.TASKS])
-    raise ModpoolError(f"unknown task {name!r}: choose one of {known}, or folder:PATH")
+    return standard.make_task(name, data_root)
+
+
+def canonical_name(name: str) -> str:
+    """The task's own spelling (`cars` -> `Cars`; `mnist` stays the offline task), without
+    loading any data; an unknown name is refused with the known ones."""
+    from . import offline, standard
+
+    if name in offline.TASKS or name.startswith("folder:"):
+        return name
+    found = standard.canonical(name)
+    if found is None:
+        known = ", ".join([*offline.TASKS, *standard.TASKS])
+        raise ModpoolError(f"unknown task {name!r}: choose one of {known}, or folder:PATH")
+    return found
 
 
 def known_tasks() -> list[str]:
@@ -35,4 +49,13 @@ def known_tasks() -> list[str]:
     return [*offline.TASKS, *standard.TASKS, "folder:PATH"]
 
 
-__all__ = ["OFFLINE", "SPLITS", "ImageTensors", "Task", "batches", "get_task", "known_tasks"]
+__all__ = [
+    "OFFLINE",
+    "SPLITS",
+    "ImageTensors",
+    "Task",
+    "batches",
+    "canonical_name",
+    "get_task",
+    "known_tasks",
+]

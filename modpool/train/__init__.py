@@ -6,7 +6,7 @@ May import: `model`, `bases`, `tasks`, `store`, `errors`, `progress`. Not `edit`
 `analysis`, `interop` or `pool` (a pool arrives as an argument).
 """
 
-from .finetune import default_module_name, finetune, kind_of
+from .finetune import finetune, kind_of, module_name
 from .heads import head_for
 from .loop import MODES, TrainConfig, TrainResult, defaults_for, fit
 
@@ -14,10 +14,10 @@ __all__ = [
     "MODES",
     "TrainConfig",
     "TrainResult",
-    "default_module_name",
     "defaults_for",
     "finetune",
     "fit",
     "head_for",
     "kind_of",
+    "module_name",
 ]

@@ -3,12 +3,12 @@ penalty (ita, iel), run the loop with checkpoints, store the module (SPEC 2)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
 from ..store.encoding import Storage
-from ..store.layout import Entry, check_name, safe_name
+from ..store.layout import Entry, default_module_name, name_candidates
 from .checkpoint import Checkpointer
 from .distributed import world
 from .loop import TrainConfig, check_config, defaults_for, fit, total_steps
@@ -38,7 +38,7 @@ def finetune(
     if cfg.last_blocks is not None:
         pool.base.trainable(cfg.last_blocks)  # a bad K fails now, not after the head fit
     task = pool.task(task_name)
-    name = name or default_module_name(task.name, cfg.mode)
+    name = name or module_name(pool, task_name, cfg.mode, resume)
     pool.require_new(name)  # fail before hours of training, and again when saving
     world_ = world(cfg.device)
     if world_.main:  # rank 0 builds and caches the head; the others read it
@@ -104,9 +104,15 @@ def checkpoint_rel(name: str) -> str:
     return f"checkpoints/{name}.safetensors"
 
 
-def default_module_name(task: str, mode: str) -> str:
-    stem = Path(task.removeprefix("folder:")).name if task.startswith("folder:") else task
-    return check_name(safe_name(f"{stem}-{mode}"))
+def module_name(pool: Pool, task: str, mode: str, resume: bool = False) -> str:
+    """The default name of a new module: the task as typed (`cars`) while no module has
+    that name, then `cars-MODE`, `cars-MODE-2`, ... With `resume`, the first of these
+    that has an interrupted run's checkpoint, so that resuming finds the run it continues."""
+    if resume:
+        for name in islice(name_candidates(task, mode), 20):
+            if (pool.root / checkpoint_rel(name)).exists() and not pool.exists(name):
+                return name
+    return default_module_name(task, mode, pool.exists)
 
 
 def kind_of(mode: str) -> str:
