@@ -53,7 +53,7 @@ def verb(function: Callable, names: tuple[str, ...] = ()) -> Callable:
     def method(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         for key in names:
-            if key in bound.arguments:
+            if bound.arguments.get(key) is not None:
                 bound.arguments[key] = self.resolve(bound.arguments[key])
         return function(*bound.args, **bound.kwargs)
 
@@ -217,7 +217,9 @@ class Pool:
     save_module = verb(modules.save_module)
     compact = verb(modules.compact, ("name",))
     finetune = verb(train.finetune)
+    mask = verb(train.mask, ("name",))
     compose = verb(edit.compose, ("names",))
+    merged = verb(edit.merged, ("names",))
 
     def add(self, names: list[str], output: str, alpha: float | list[float] = 1.0) -> Entry:
         """theta_0 + alpha * sum of the modules (task arithmetic)."""
@@ -233,6 +235,9 @@ class Pool:
     fisher_dependents = verb(edit.fisher_dependents, ("name",))
     evaluate = verb(analysis.evaluate, ("target",))
     disentangle = verb(analysis.disentanglement, ("first", "second"))
+    mask_analysis = verb(analysis.analyse_masks, ("names",))
+    explain = verb(analysis.explain, ("name",))
+    linearity = verb(analysis.linearity, ("name",))
     import_file = verb(interop.import_file)
     import_many = verb(interop.import_many)
     import_checkpoint = verb(interop.import_checkpoint)
@@ -241,12 +246,14 @@ class Pool:
     pull = verb(interop.pull)
 
     def model(self, target: str = "base", task: str | None = None) -> EditedModel:
-        """The base, a module or a composition as a ready nn.Module (logits if `task`)."""
+        """The base, a module or a composition as a ready nn.Module (logits if `task`); a
+        task-aware composition (tall) applies that task's mask."""
         head = self.head(self.task(task)) if task else None
         if target == "base":
             return EditedModel(self.base, None, "nonlinear", head)
         artifact = self.read(self.resolve(target))
-        return EditedModel(self.base, artifact.tensors, artifact.kind, head)
+        task_name = canonical_name(task) if task else None
+        return EditedModel(self.base, artifact.for_task(task_name), artifact.kind, head)
 
     # ---- logs and changes ------------------------------------------------------------
     def record_eval(self, record: dict) -> None:

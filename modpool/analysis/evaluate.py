@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
 from ..model.accuracy import accuracy
-from ..store.layout import Entry
+from ..store.access import require_usable
+from ..store.layout import Entry, labels
 from ..tasks import SPLITS, Task
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class EvalRow:
     normalized: float | None
     examples: int
     cached: bool = False
+    task_aware: bool = False  # the model used the task's own mask (tall): it knew the task
 
 
 def evaluate(
@@ -35,8 +37,12 @@ def evaluate(
     split: str = "test",
     show_progress: bool | None = None,
     use_cache: bool = True,
+    allow: list[str] | str | None = None,
 ) -> list[EvalRow]:
-    """Top-1 accuracy per task, and accuracy normalised by each task's own module."""
+    """Top-1 accuracy per task, and accuracy normalised by each task's own module. `allow`:
+    the caller's access rights, which the target must fit."""
+    if allow is not None and target != "base":
+        require_usable(pool, target, labels(allow))
     if split not in SPLITS:
         raise ModpoolError(f"unknown split {split!r}: use val or test")
     entry = None if target == "base" else pool.entry(target)
@@ -55,7 +61,8 @@ def evaluate(
                 own_entry = pool.entry(own)
                 own_acc = _accuracy(pool, own, own_entry, task, split, show_progress, use_cache)[0]
             normalized = acc / own_acc if own_acc else None
-        rows.append(EvalRow(target, task.name, split, acc, normalized, n, cached))
+        aware = bool(entry and entry.meta.get("task_aware"))
+        rows.append(EvalRow(target, task.name, split, acc, normalized, n, cached, aware))
     return rows
 
 
@@ -71,11 +78,8 @@ def _accuracy(
     sha = f"base:{pool.fingerprint}" if entry is None else pool.hashes.sha256(entry.path)
     if use_cache:
         for record in reversed(pool.history()):
-            if (record.get("sha256"), record.get("task"), record.get("split")) == (
-                sha,
-                task.name,
-                split,
-            ):
+            key = (record.get("sha256"), record.get("task"), record.get("split"))
+            if key == (sha, task.name, split) and "accuracy" in record:
                 return record["accuracy"], record["examples"], True
     data = task.load(split, pool.base.image_size)
     model = pool.model(target, task.name)

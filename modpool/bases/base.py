@@ -78,17 +78,17 @@ def last_block_names(names: list[str], count: int) -> list[str]:
     A block is a numbered sub-module path (`blocks.5.3`, `transformer.resblocks.11`): the
     name up to its last numeric component. Layers after the last block (a head conv, a
     final norm, a projection) come with it; everything before stays frozen."""
-    blocks = list(dict.fromkeys(b for b in map(_block_of, names) if b is not None))
+    blocks = list(dict.fromkeys(b for b in map(block_of, names) if b is not None))
     if count < 1 or count > len(blocks):
         raise ModpoolError(
             f"--last-blocks must be between 1 and {len(blocks)} (this tower's blocks)"
         )
     first = blocks[-count]
-    start = next(i for i, n in enumerate(names) if _block_of(n) == first)
+    start = next(i for i, n in enumerate(names) if block_of(n) == first)
     return names[start:]
 
 
-def _block_of(name: str) -> str | None:
+def block_of(name: str) -> str | None:
     parts = name.split(".")
     numeric = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
     return ".".join(parts[: numeric[-1] + 1]) if numeric else None

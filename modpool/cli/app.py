@@ -44,6 +44,22 @@ PretrainedOpt = Annotated[
         "laion2b_s34b_b79k, ...), a local weights file, or none."
     ),
 ]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(help="Who or what the training data came from (default: the task)."),
+]
+AccessOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--access", help="Access label(s) of the data, repeatable or comma-separated (public)."
+    ),
+]
+AllowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--allow", help="Your access rights L1,L2: only modules with one of them (or public)."
+    ),
+]
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Name of the new composition.")]
 GridOpt = Annotated[
     str | None,

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..errors import ModpoolError
 from .app import (
+    AllowOpt,
     DtypeOpt,
     GridOpt,
     JsonOpt,
@@ -45,14 +46,37 @@ def _composed(entry, as_json: bool, rows=None, negation: bool = False) -> None:
     recipe = entry.meta["recipe"]
     parts = ", ".join(f"{i['alpha']:g}·{i['name']}" for i in recipe["ingredients"])
     payload = {"name": entry.name, **entry.meta}
-    if not as_json and rows:
+    searched = entry.meta.get("search") or {}
+    if not as_json and "lambda" in searched:
+        out.print(lambda_table(searched["lambda"]))
+    if not as_json and rows and recipe["method"] != "tall":
         out.print(negate_table(rows) if negation else search_table(rows))
+    aware = ", task-aware: a mask per task" if entry.meta.get("task_aware") else ""
     emit(
         as_json,
         payload,
         None,
-        f"stored composition [bold]{entry.name}[/] ({entry.kind}) = {recipe['method']}({parts})",
+        f"stored composition [bold]{entry.name}[/] ({entry.kind}{aware}) = "
+        f"{recipe['method']}({parts})",
     )
+
+
+def lambda_table(found: dict) -> Table:
+    """The TALL lambda search: validation accuracy per task and lambda, best per task."""
+    rows, chosen = found["rows"], found["chosen"]
+    table = Table(title="lambda search (task-aware validation accuracy %; best kept per task)")
+    table.add_column("lambda", justify="right")
+    for task in chosen:
+        table.add_column(task, justify="right")
+    for row in rows:
+        cells = [
+            f"[bold green]{pct(row['accuracy'][t])}[/]"
+            if row["alpha"] == chosen[t]
+            else pct(row["accuracy"][t])
+            for t in chosen
+        ]
+        table.add_row(f"{row['alpha']:g}", *cells)
+    return table
 
 
 def search_table(rows) -> Table:
@@ -150,9 +174,20 @@ def negate(
 
 @app.command(rich_help_panel="Edit")
 def compose(
-    names: list[str],
-    output: OutOpt,
-    method: Annotated[str, typer.Option(help="sum, mean, ties, dare or magnitude.")] = "sum",
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Modules or compositions (with --allow and none: every allowed module)."
+        ),
+    ] = None,
+    output: OutOpt = ...,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="sum, mean, ties, dare, magnitude; tsv, iso, iso-cts (SVD of each matrix); "
+            "consensus; tall (a mask per task: a task-aware model). See docs/guide.md."
+        ),
+    ] = "sum",
     alpha: Annotated[float | None, typer.Option(help="Shared coefficient (default 1).")] = None,
     coef: CoefOpt = None,
     density: Annotated[
@@ -166,10 +201,41 @@ def compose(
     dare_merge: Annotated[
         str | None, typer.Option(help="dare: merge survivors by sum or ties.")
     ] = None,
+    matrices: Annotated[
+        str | None,
+        typer.Option(
+            help="tsv/iso/iso-cts: which tensors are matrices: linear (2-D weights, not "
+            "embeddings; default), 2d (every 2-D tensor), conv (also conv kernels)."
+        ),
+    ] = None,
+    qkv: Annotated[
+        str | None,
+        typer.Option(help="tsv/iso/iso-cts: a fused attention in_proj as one matrix or split."),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="tsv/iso/iso-cts: SVD in float32 (default) or float64.")
+    ] = None,
+    common: Annotated[
+        float | None, typer.Option(help="iso-cts: fraction of the rank kept common (0.8).")
+    ] = None,
+    lambda_: Annotated[
+        float | None,
+        typer.Option(
+            "--lambda",
+            help="tall/consensus: mask strength for every task (0.4; --search picks one per task).",
+        ),
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help="consensus: tasks that must need a weight to keep it (2).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed (dare masks); part of the recipe.")] = 0,
     search: SearchOpt = False,
     grid: GridOpt = None,
     dtype: DtypeOpt = "fp32",
+    device: Annotated[
+        str | None, typer.Option(help="Where SVD-heavy methods compute: cpu, cuda, cuda:N.")
+    ] = None,
+    allow: AllowOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compose modules or compositions into one, by a named merge method (streamed tensor by
@@ -181,33 +247,38 @@ def compose(
         "agg": agg,
         "drop": drop,
         "merge": dare_merge,
+        "matrices": matrices,
+        "qkv": qkv,
+        "precision": precision,
+        "common": common,
+        "lambda": lambda_,
+        "k": k,
     }
+    params = {key: v for key, v in params.items() if v is not None}
+    if not names and allow is None:
+        raise ModpoolError("name the modules to compose (or --allow RIGHTS for every allowed one)")
+    if allow is not None and not names:  # every module the rights allow
+        from ..store.access import allowed_modules
+        from ..store.layout import labels
+
+        names = allowed_modules(open_pool(), labels(allow))
     _compose(
-        names,
-        output,
-        method,
-        alpha,
-        coef,
-        {k: v for k, v in params.items() if v is not None},
-        seed,
-        search,
-        grid,
-        as_json,
-        dtype,
-    )
+        names or [], output, method, alpha, coef, params, seed, search, grid, as_json, dtype,
+        device, allow,
+    )  # fmt: skip
 
 
 def _compose(
-    names, output, method, alpha, coef, params, seed, search, grid, as_json, dtype="fp32"
-) -> None:
+    names, output, method, alpha, coef, params, seed, search, grid, as_json, dtype="fp32",
+    device=None, allow=None,
+) -> None:  # fmt: skip
     from ..store.encoding import Storage
 
     Storage(dtype)  # a bad dtype fails before any work
     pool = open_pool()
     if not search:
-        entry = pool.compose(
-            names, output, method, _parse_coefs(names, alpha, coef or []), params, seed, None, dtype
-        )
+        coefs = _parse_coefs(names, alpha, coef or [])
+        entry = pool.compose(names, output, method, coefs, params, seed, None, dtype, device, allow)
         _composed(entry, as_json)
         return
     if coef:
@@ -224,5 +295,7 @@ def _compose(
         parse_grid(grid),
         show_progress=state["progress"],
         dtype=dtype,
+        device=device,
+        allow=allow,
     )
     _composed(entry, as_json, rows)

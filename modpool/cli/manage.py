@@ -10,7 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .app import DtypeOpt, JsonOpt, OutOpt, PretrainedOpt, app, emit, open_pool, out, pct, state
+from .app import (
+    AllowOpt,
+    DtypeOpt,
+    JsonOpt,
+    OutOpt,
+    PretrainedOpt,
+    app,
+    emit,
+    open_pool,
+    out,
+    pct,
+    state,
+)
 
 
 @app.command(rich_help_panel="Pool")
@@ -42,17 +54,25 @@ def init(
 
 
 @app.command("list", rich_help_panel="Pool")
-def list_(as_json: JsonOpt = False) -> None:
-    """List the modules and compositions in the pool."""
+def list_(allow: AllowOpt = None, as_json: JsonOpt = False) -> None:
+    """List the modules and compositions in the pool (with --allow: those a holder of
+    these access rights may use)."""
+    from ..store.access import usable
+    from ..store.layout import labels
+
     pool = open_pool()
     entries = pool.entries()
+    if allow is not None:
+        entries = [e for e in entries if usable(pool, e, labels(allow))]
     table = Table(title=f"{pool.root} — base {pool.config['base']}")
-    for col in ("name", "type", "kind", "mode", "task(s)", "created"):
+    for col in ("name", "type", "kind", "mode", "task(s)", "source / access", "created"):
         table.add_column(col)
     for e in entries:
         tasks = ", ".join(e.meta.get("tasks") or [e.meta.get("task", "?")])
+        kind = f"{e.kind}, task-aware" if e.meta.get("task_aware") else e.kind
+        where = f"{e.source} / {', '.join(e.access)}" if e.type == "module" else ""
         table.add_row(
-            e.name, e.type, e.kind, e.meta.get("mode", "?"), tasks, e.meta.get("created", "")
+            e.name, e.type, kind, e.meta.get("mode", "?"), tasks, where, e.meta.get("created", "")
         )
     emit(
         as_json,
@@ -68,7 +88,7 @@ def show(name: str, as_json: JsonOpt = False) -> None:
     pool = open_pool()
     entry = pool.entry(name)  # a task's name shows its one module
     name = entry.name
-    evals = [r for r in pool.history() if r.get("target") == name]
+    evals = [r for r in pool.history() if r.get("target") == name and "accuracy" in r]
     table = Table(title=f"{name} ({entry.type})", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -88,7 +108,16 @@ def show(name: str, as_json: JsonOpt = False) -> None:
     used_by = pool.fisher_dependents(name)
     if used_by:
         table.add_row("its Fisher shaped", ", ".join(used_by))
-    emit(as_json, {"name": name, **entry.meta, "evals": evals, "fisher_used_by": used_by}, table)
+    from ..analysis.linearity import latest_linearity
+
+    gap = latest_linearity(pool, name)
+    if gap:
+        cells = [f"{r['alpha']:g}: {100 * r['relative_logit_error']:.1f}%" for r in gap["rows"]]
+        table.add_row(f"linearity gap ({gap['task']}, {gap['split']})", ", ".join(cells))
+    if entry.type == "module":
+        table.add_row("data source / access", f"{entry.source} / {', '.join(entry.access)}")
+    payload = {"name": name, **entry.meta, "evals": evals, "fisher_used_by": used_by}
+    emit(as_json, payload | {"linearity": gap} if gap else payload, table)
 
 
 @app.command(rich_help_panel="Pool")
@@ -164,13 +193,31 @@ def compact(
 
 
 @app.command(rich_help_panel="Pool")
-def forget(name: str, as_json: JsonOpt = False) -> None:
-    """Remove a module and rebuild, exactly, every composition that used it (audit-logged)."""
-    report = open_pool().forget(name)
-    lines = [f"forgot {report.forgotten}"]
+def forget(
+    name: Annotated[
+        str | None, typer.Argument(help="A module or composition (or a task's one module).")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Instead of a name: every module trained on data from this source."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go and be rebuilt; write nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a module (or every module of a data source), its masks, and rebuild, exactly,
+    every composition that used them (one audit-logged change)."""
+    report = open_pool().forget(name, source, dry_run)
+    verb = "would forget" if report.dry_run else "forgot"
+    lines = [f"{verb} {report.forgotten}"]
+    if source:
+        lines.append(f"  modules: {', '.join(report.modules)}")
+    lines += [f"  with its mask {m}" for m in report.masks]
     lines += [
-        f"  rebuilt {r['name']} from {', '.join(r['ingredients'])} "
-        f"({r['sha256_before'][:12]} -> {r['sha256_after'][:12]})"
+        f"  {'would rebuild' if report.dry_run else 'rebuilt'} {r['name']} from "
+        f"{', '.join(r['ingredients'])}"
+        + ("" if report.dry_run else f" ({r['sha256_before'][:12]} -> {r['sha256_after'][:12]})")
         for r in report.rebuilt
     ]
     lines += [f"  removed {c} (no ingredients left)" for c in report.removed]

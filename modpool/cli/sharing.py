@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import JsonOpt, app, emit, open_pool, out
+from .app import AccessOpt, AllowOpt, JsonOpt, SourceOpt, app, emit, open_pool, out
 
 MaxDistanceOpt = Annotated[
     float | None,
@@ -41,9 +41,14 @@ def export(
             "hf: a CLIPVisionModelWithProjection folder for transformers.",
         ),
     ] = "openclip",
+    task: Annotated[
+        str | None,
+        typer.Option(help="A task-aware composition (tall): the task whose model to export."),
+    ] = None,
+    allow: AllowOpt = None,
 ) -> None:
     """Write base + a nonlinear module/composition as plain weights."""
-    path = open_pool().export(name, output, format)
+    path = open_pool().export(name, output, format, task, allow)
     out.print(f"wrote {path}")
 
 
@@ -110,6 +115,8 @@ def import_(
         bool,
         typer.Option("--skip-unknown", help="A folder: leave out the tasks modpool does not know."),
     ] = False,
+    source: SourceOpt = None,
+    access: AccessOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Bring a module, a composition or a fine-tuned checkpoint into the pool (validated: same
@@ -117,7 +124,9 @@ def import_(
     from ..interop.importing import DEFAULT_MAX_DISTANCE
 
     limit = DEFAULT_MAX_DISTANCE if max_distance is None else max_distance
-    done = open_pool().import_checkpoint(path, task, name, mode, dry_run, limit, skip_unknown)
+    done = open_pool().import_checkpoint(
+        path, task, name, mode, dry_run, limit, skip_unknown, None, source, access
+    )
     if dry_run:
         payload = [{"name": p.name, "task": p.task, **p.summary()} for p in done]
         note = plan_note(done) if done else f"{path} is a valid modpool file for this pool"

@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from ..errors import ModpoolError
-from .app import DtypeOpt, JsonOpt, PretrainedOpt, app, emit, out, pct, state
+from .app import (
+    AccessOpt,
+    DtypeOpt,
+    JsonOpt,
+    PretrainedOpt,
+    SourceOpt,
+    app,
+    emit,
+    out,
+    pct,
+    state,
+)
 
 
 @app.command(rich_help_panel="Train")
@@ -106,6 +117,8 @@ def finetune(
         str | None, typer.Option(help="Base, when this command creates the pool.")
     ] = None,
     pretrained: PretrainedOpt = None,
+    source: SourceOpt = None,
+    access: AccessOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the base on one task and store the change as a module."""
@@ -138,8 +151,9 @@ def finetune(
     cfg.accumulate, cfg.last_blocks = accumulate, last_blocks
     storage = Storage(dtype, density)  # checked before training, not after
     entry = pool.finetune(
-        task, cfg, name, state["progress"], with_, checkpoint_every, resume, storage
-    )
+        task, cfg, name, state["progress"], with_, checkpoint_every, resume, storage, source,
+        access,
+    )  # fmt: skip
     if entry is None:  # a non-zero torchrun rank: rank 0 reports
         return
     m = entry.meta["metrics"]
@@ -198,3 +212,58 @@ def demo_table(result: dict) -> Table:
             cells.append("-" if acc is None else pct(acc) + (f" ({pct(norm)})" if norm else ""))
         table.add_row(row["label"], *cells)
     return table
+
+
+@app.command(rich_help_panel="Train")
+def mask(
+    name: Annotated[
+        str | None, typer.Argument(help="The module to mask (or a task's name).")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Task to learn the mask on (default: the module's own)."),
+    ] = None,
+    on_base: Annotated[
+        bool,
+        typer.Option("--base", help="Mask the base's own weights for --task instead."),
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Name of the masked module (NAME@mask, base@TASK)."),
+    ] = None,
+    beta: Annotated[
+        float, typer.Option(help="Weight of the mean logit: how hard unneeded weights go.")
+    ] = 1.0,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs instead of steps (2).")] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate on the logits.")] = 1e-2,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for data order and Gumbel noise.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Checkpoint every N steps (default: every 10%; 0 = never).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn which weights of a module (or of the base) a task needs: a binary mask per
+    weight, trained with the weights frozen; stored as a sparse masked module."""
+    from ..pool import Pool
+    from ..train import MaskConfig
+
+    cfg = MaskConfig(beta=beta, lr=lr, batch_size=batch_size, seed=seed, device=device)
+    if steps is not None:
+        cfg.steps, cfg.epochs = steps, None
+    elif epochs is not None:
+        cfg.epochs = epochs
+    pool = Pool(state["pool"], state["data_root"])
+    entry = pool.mask(name, task, on_base, output, cfg, state["progress"], checkpoint_every, resume)
+    info = entry.meta["mask"]
+    note = (
+        f"stored [bold]{entry.name}[/] (mask of {info['of']} on {info['task']}): kept "
+        f"{100 * info['kept_total']:.1f}% of the weights after {info['steps']} steps "
+        f"(beta {beta:g}), {entry.path.stat().st_size / 2**20:.2f} MiB"
+    )
+    emit(as_json, {"name": entry.name, **entry.meta}, None, note)

@@ -6,7 +6,7 @@ May import: `model`, `bases`, `tasks`, `store`, `errors`, `progress`. Not `train
 `analysis`, `interop` or `pool` (a pool arrives as an argument).
 """
 
-from .compose import build, compose, make_recipe
+from .compose import build, compose, make_recipe, merged
 from .forget import ForgetReport, dependents_in_order, fisher_dependents, forget
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "fisher_dependents",
     "forget",
     "make_recipe",
+    "merged",
 ]

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
+from ..model.device import resolve_device
+from ..store.access import allowed_modules, require_usable
 from ..store.encoding import Storage
 from ..store.journal import Transaction
-from ..store.layout import Entry, now, tasks_of, versions
+from ..store.layout import Entry, labels, now, tasks_of, versions
 from .composition import check_kinds, write_composition
+from .merge import get_method
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -29,10 +32,22 @@ def compose(
     seed: int = 0,
     search: dict | None = None,
     dtype: str = "fp32",
+    device: str | None = None,
+    allow: list[str] | str | None = None,
 ) -> Entry:
     """Compose modules (or compositions) into a new composition named `output`. `search`,
-    when given, is the alpha-search table kept with it; `dtype` its stored precision."""
-    recipe = make_recipe(names, method, alpha, params, seed, dtype)
+    when given, is the alpha-search table kept with it; `dtype` its stored precision;
+    `device` where an SVD-based method computes (a GPU: `cuda`), recorded in the recipe so
+    that a rebuild computes there too when it can. `allow` (access labels) limits the
+    ingredients to what a holder of those rights may use: every such module when `names`
+    is empty; the rights are recorded in the recipe."""
+    if allow is not None:
+        rights = labels(allow)
+        names = list(names) or allowed_modules(pool, rights)
+        require_usable(pool, names, rights)
+    recipe = make_recipe(names, method, alpha, params, seed, dtype, device)
+    if allow is not None:
+        recipe["access"] = rights
     with pool.change() as txn:
         pool.require_new(output)
         sha = build(pool, txn, output, recipe, {"search": search} if search else None)
@@ -49,6 +64,7 @@ def make_recipe(
     params: dict | None,
     seed: int,
     dtype: str = "fp32",
+    device: str | None = None,
 ) -> dict:
     if not names:
         raise ModpoolError("name at least one module to compose")
@@ -63,6 +79,8 @@ def make_recipe(
     }
     if dtype != "fp32":
         recipe["storage"] = Storage(dtype).to_dict()
+    if device not in (None, "cpu"):
+        recipe["device"] = str(resolve_device(device))
     return recipe
 
 
@@ -123,3 +141,19 @@ def digest_of(pool: Pool, name: str, staged: Staged):
         return lambda: staged[name][1]
     path = pool.entry(name).path
     return lambda: pool.hashes.sha256(path)
+
+
+def merged(
+    pool: Pool,
+    names: list[str],
+    method: str = "sum",
+    alphas: list[float] | float = 1.0,
+    params: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """The delta a composition of `names` would hold, computed in memory, nothing written
+    (the same arithmetic as `compose`)."""
+    artifacts = [pool.read(n) for n in names]
+    method_ = get_method(method, seed, **(params or {}))
+    method_.tasks = ["+".join(tasks_of(a.meta)) for a in artifacts]
+    return method_.merge([a.tensors for a in artifacts], coefficients(alphas, len(names)))

@@ -1,24 +1,34 @@
-"""Choosing coefficients on validation data (SPEC 3): alpha search for compositions and
-for negation with a control task. Every evaluation is cached in the pool's eval log,
-keyed by the ingredients' hashes, the method, its parameters and alpha, so a repeated
-search costs nothing."""
+"""Choosing coefficients on validation data (SPEC 3): alpha search for compositions, the
+per-task lambda of the TALL masks (`tall`, `consensus`), and negation with a control task.
+Every evaluation is cached in the pool's eval log, keyed by the ingredients' hashes, the
+method, its parameters and alpha, so a repeated search costs nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
 from ..model.accuracy import accuracy
+from ..model.device import resolve_device, usable
 from ..model.edited import EditedModel
-from .merge import get_method
+from ..store.layout import tasks_of
+from .merge import MergeMethod, get_method
+from .merge.localize import LAMBDA_GRID
+
+if TYPE_CHECKING:
+    from ..pool import Pool
 
 DEFAULT_GRID = [round(0.05 * i, 2) for i in range(21)]
 
 
 @dataclass
 class AlphaRow:
+    """One grid point: validation accuracy and normalised accuracy per task. For a lambda
+    search `alpha` holds the lambda."""
+
     alpha: float
     accuracy: dict[str, float]
     normalized: dict[str, float]
@@ -45,29 +55,20 @@ class DeltaEvaluator:
 
     def __init__(
         self,
-        pool,
+        pool: Pool,
         names: list[str],
-        method: str,
-        params: dict,
         seed: int,
         split: str,
         show_progress: bool | None,
+        device: str | None = None,
     ):
-        self.pool, self.split, self.show_progress = pool, split, show_progress
+        self.pool, self.seed, self.split, self.show_progress = pool, seed, split, show_progress
+        self.device = usable(str(resolve_device(device))) if device else "cpu"
         self.artifacts = [pool.read(n) for n in names]
         if len({a.kind for a in self.artifacts}) > 1:
             raise ModpoolError("cannot compose nonlinear and tangent modules together")
         self.kind = self.artifacts[0].kind
-        self.merger = get_method(method, seed, **params)
-        self.key = json.dumps(
-            {
-                "ingredients": [a.sha256 for a in self.artifacts],
-                "method": method,
-                "params": self.merger.recipe_params(),
-                "seed": seed,
-            },
-            sort_keys=True,
-        )
+        self.tasks = ["+".join(tasks_of(a.meta)) for a in self.artifacts]
         self._data: dict = {}
         self._cached = {  # the eval log, read once: (sha256, task) -> accuracy
             (r.get("sha256"), r.get("task")): r["accuracy"]
@@ -75,40 +76,67 @@ class DeltaEvaluator:
             if r.get("split") == split and "accuracy" in r
         }
 
-    def accuracy(self, alphas: list[float], task: str) -> float:
-        sha = "search:" + hashlib.sha256(f"{self.key}|{alphas}".encode()).hexdigest()
+    def method(self, name: str, params: dict) -> MergeMethod:
+        merger = get_method(name, self.seed, **params)
+        merger.tasks, merger.device = self.tasks, self.device
+        return merger
+
+    def accuracy(self, merger: MergeMethod, alphas: list[float], task: str) -> float:
+        recipe = {
+            "ingredients": [a.sha256 for a in self.artifacts],
+            "method": merger.name,
+            "params": merger.recipe_params(),
+            "seed": self.seed,
+        }
+        if merger.task_aware:  # a task-aware model differs per task
+            recipe["task"] = task
+        key = json.dumps(recipe, sort_keys=True)
+        sha = "search:" + hashlib.sha256(f"{key}|{alphas}".encode()).hexdigest()
         if (sha, task) in self._cached:
             return self._cached[(sha, task)]
-        if task not in self._data:
-            self._data[task] = (
-                self.pool.task(task).load(self.split, self.pool.base.image_size),
-                self.pool.head(self.pool.task(task)),
-            )
-        data, head = self._data[task]
-        delta = self.merger.merge([a.tensors for a in self.artifacts], alphas)
-        model = EditedModel(self.pool.base, delta, self.kind, head)
-        acc = accuracy(
-            model,
-            data,
-            show_progress=self.show_progress,
-            description=f"alpha {alphas[0]:g} on {task}",
-        )
-        self.pool.record_eval(
-            {
-                "target": "(search)",
-                "sha256": sha,
-                "task": task,
-                "split": self.split,
-                "accuracy": acc,
-                "examples": len(data),
-            }
-        )
+        data, head = self._task(task)
+        model = EditedModel(self.pool.base, self._delta(merger, alphas, task), self.kind, head)
+        label = f"alpha {alphas[0]:g} on {task}"
+        acc = accuracy(model, data, show_progress=self.show_progress, description=label)
+        record = {"target": "(search)", "sha256": sha, "task": task, "split": self.split}
+        self.pool.record_eval({**record, "accuracy": acc, "examples": len(data)})
         self._cached[(sha, task)] = acc
         return acc
 
+    def _delta(self, merger: MergeMethod, alphas: list[float], task: str) -> dict:
+        deltas = [a.tensors for a in self.artifacts]
+        merged = merger.merge(deltas, alphas)
+        if not merger.task_aware:
+            return merged
+        return {
+            n: v * merger.masks(n, [d.get(n) for d in deltas], alphas)[task]
+            for n, v in merged.items()
+        }
+
+    def _task(self, task: str):
+        if task not in self._data:
+            spec = self.pool.task(task)
+            self._data[task] = (
+                spec.load(self.split, self.pool.base.image_size),
+                self.pool.head(spec),
+            )
+        return self._data[task]
+
+    def own_accuracies(self, names: list[str]) -> dict[str, float]:
+        """Each ingredient task's accuracy under its own module (for normalisation)."""
+        own: dict[str, str] = {}
+        for name, artifact in zip(names, self.artifacts):
+            if artifact.meta["type"] != "module":
+                raise ModpoolError(f"a search needs modules; {name} is a composition")
+            own.setdefault(artifact.meta["task"], name)
+        return {
+            task: self.pool.evaluate(name, [task], self.split, self.show_progress)[0].accuracy
+            for task, name in own.items()
+        }
+
 
 def search_alpha(
-    pool,
+    pool: Pool,
     names: list[str],
     grid: list[float] | None = None,
     method: str = "sum",
@@ -116,27 +144,50 @@ def search_alpha(
     seed: int = 0,
     split: str = "val",
     show_progress: bool | None = False,
+    device: str | None = None,
 ) -> tuple[float, list[AlphaRow]]:
-    """Evaluate `method` of `names` at each shared alpha; pick the best mean normalised
-    accuracy over the ingredient tasks (each normalised by its own module)."""
-    grid = grid or DEFAULT_GRID
-    evaluator = DeltaEvaluator(pool, names, method, params or {}, seed, split, show_progress)
-    tasks: dict[str, str] = {}
-    for name, artifact in zip(names, evaluator.artifacts):
-        if artifact.meta["type"] != "module":
-            raise ModpoolError(f"alpha search needs modules; {name} is a composition")
-        tasks.setdefault(artifact.meta["task"], name)
-    own = {t: pool.evaluate(m, [t], split, show_progress)[0].accuracy for t, m in tasks.items()}
+    """Evaluate `method` of `names` at each shared alpha (by default the method's own grid);
+    pick the best mean normalised accuracy over the ingredient tasks. `device`: where an
+    SVD-based method computes."""
+    evaluator = DeltaEvaluator(pool, names, seed, split, show_progress, device)
+    merger = evaluator.method(method, params or {})
+    own = evaluator.own_accuracies(names)
     rows = []
-    for alpha in grid:
-        accs = {t: evaluator.accuracy([alpha] * len(names), t) for t in tasks}
-        rows.append(AlphaRow(alpha, accs, {t: accs[t] / own[t] if own[t] else 0.0 for t in tasks}))
+    for alpha in grid or merger.grid:
+        accs = {t: evaluator.accuracy(merger, [alpha] * len(names), t) for t in own}
+        rows.append(AlphaRow(alpha, accs, _normalized(accs, own)))
     best = max(rows, key=lambda r: r.mean_normalized)
     return best.alpha, rows
 
 
+def search_lambdas(
+    pool: Pool,
+    names: list[str],
+    alpha: float = 1.0,
+    grid: list[float] | None = None,
+    seed: int = 0,
+    split: str = "val",
+    show_progress: bool | None = False,
+) -> tuple[dict[str, float], list[AlphaRow]]:
+    """The TALL mask's lambda for each task: the grid value whose task-aware model
+    theta_0 + alpha * S * m_t(lambda) does best on that task's validation split."""
+    evaluator = DeltaEvaluator(pool, names, seed, split, show_progress)
+    own = evaluator.own_accuracies(names)
+    rows = []
+    for lam in grid or LAMBDA_GRID:
+        merger = evaluator.method("tall", {"lambda": lam})
+        accs = {t: evaluator.accuracy(merger, [alpha] * len(names), t) for t in own}
+        rows.append(AlphaRow(lam, accs, _normalized(accs, own)))
+    chosen = {t: max(rows, key=lambda r, t=t: r.accuracy[t]).alpha for t in own}
+    return chosen, rows
+
+
+def _normalized(accs: dict[str, float], own: dict[str, float]) -> dict[str, float]:
+    return {t: accs[t] / own[t] if own[t] else 0.0 for t in accs}
+
+
 def search_negation(
-    pool,
+    pool: Pool,
     name: str,
     control: str,
     keep: float = 0.95,
@@ -147,15 +198,16 @@ def search_negation(
     """The alpha minimising the target's accuracy at theta_0 - alpha * tau while the control
     task keeps at least `keep` of the base's accuracy on it."""
     grid = grid or DEFAULT_GRID
-    evaluator = DeltaEvaluator(pool, [name], "sum", {}, 0, split, show_progress)
+    evaluator = DeltaEvaluator(pool, [name], 0, split, show_progress)
+    merger = evaluator.method("sum", {})
     target = evaluator.artifacts[0].meta.get("task")
     if target is None:
         raise ModpoolError(f"negation search needs a module with one task; {name} has several")
     base_control = pool.evaluate("base", [control], split, show_progress)[0].accuracy
     rows = []
     for alpha in grid:
-        target_acc = evaluator.accuracy([-alpha], target)
-        control_acc = evaluator.accuracy([-alpha], control)
+        target_acc = evaluator.accuracy(merger, [-alpha], target)
+        control_acc = evaluator.accuracy(merger, [-alpha], control)
         kept = control_acc / base_control if base_control else 0.0
         rows.append(NegateRow(alpha, target_acc, control_acc, kept, kept >= keep))
     allowed = [r for r in rows if r.allowed]
@@ -168,7 +220,7 @@ def search_negation(
 
 
 def compose_searched(
-    pool,
+    pool: Pool,
     names: list[str],
     output: str,
     method: str = "sum",
@@ -178,17 +230,32 @@ def compose_searched(
     split: str = "val",
     show_progress: bool | None = None,
     dtype: str = "fp32",
+    device: str | None = None,
+    allow: list[str] | str | None = None,
 ):
-    """Search the shared alpha, then store the composition with the search table."""
+    """Search on validation, then store the composition with the search tables. tall: the
+    lambda of each task (alpha stays 1); consensus: the lambdas, then alpha; the others:
+    alpha over the method's grid."""
     pool.require_new(output)
-    alpha, rows = search_alpha(pool, names, grid, method, params, seed, split, show_progress)
-    table = {"split": split, "best_alpha": alpha, "rows": [r.to_dict() for r in rows]}
-    entry = pool.compose(names, output, method, alpha, params, seed, search=table, dtype=dtype)
+    params = dict(params or {})
+    tables: dict = {"split": split}
+    rows: list[AlphaRow] = []
+    if method in ("tall", "consensus") and not params.get("lambdas"):
+        lambdas, rows = search_lambdas(pool, names, 1.0, None, seed, split, show_progress)
+        params["lambdas"] = lambdas
+        tables["lambda"] = {"chosen": lambdas, "rows": [r.to_dict() for r in rows]}
+    alpha = 1.0
+    if method != "tall":
+        alpha, rows = search_alpha(
+            pool, names, grid, method, params, seed, split, show_progress, device
+        )
+        tables |= {"best_alpha": alpha, "rows": [r.to_dict() for r in rows]}
+    entry = pool.compose(names, output, method, alpha, params, seed, tables, dtype, device, allow)
     return entry, rows
 
 
 def negate_searched(
-    pool,
+    pool: Pool,
     name: str,
     output: str,
     control: str,

@@ -17,20 +17,33 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save_file
 
 from ..errors import ModpoolError
+from ..store.access import require_usable
 from ..store.atomic import atomic_writer
+from ..store.layout import labels
 from ..store.tensorfile import DTYPE_NAME, TensorWriter
+from ..tasks import canonical_name
 from . import hf_clip
 
 if TYPE_CHECKING:
     from ..pool import Pool
 
 
-def export_weights(pool: Pool, name: str, path: Path | str, format: str = "openclip") -> Path:
+def export_weights(
+    pool: Pool,
+    name: str,
+    path: Path | str,
+    format: str = "openclip",
+    task: str | None = None,
+    allow: list[str] | str | None = None,
+) -> Path:
     """Write base + module `name` as plain weights: `openclip` (one .safetensors file that
     open_clip or timm loads) or `hf` (a Hugging Face `CLIPVisionModelWithProjection`
-    folder)."""
+    folder). A task-aware composition (tall) is exported for one `task`, under its mask.
+    `allow`: the caller's access rights, which `name` must fit."""
+    if allow is not None:
+        require_usable(pool, name, labels(allow))
     if format == "hf":
-        return export_hf(pool, name, Path(path))
+        return export_hf(pool, name, Path(path), task)
     if format != "openclip":
         raise ModpoolError(f"unknown export format {format!r}: openclip or hf")
     path = Path(path)
@@ -40,6 +53,7 @@ def export_weights(pool: Pool, name: str, path: Path | str, format: str = "openc
         )
     with pool.open_artifact(name) as artifact:
         _refuse_tangent(name, artifact.kind)
+        mask = _task_mask(name, artifact, task)
         base = pool.base
         if hasattr(base, "model"):  # open_clip: full model, visual tower edited
             state, prefix = base.model.state_dict(), "visual."
@@ -56,14 +70,14 @@ def export_weights(pool: Pool, name: str, path: Path | str, format: str = "openc
             for key in writer.order:  # one edited tensor at a time
                 value, local = state[key], key.removeprefix(prefix)
                 if key.startswith(prefix) and local in artifact.shapes:
-                    value = (value.float() + artifact.tensor(local)).to(value.dtype)
+                    value = (value.float() + mask(local, artifact.tensor(local))).to(value.dtype)
                     artifact.release(local)
                 writer.write(key, value)
             writer.finish()
     return path
 
 
-def export_hf(pool: Pool, name: str, folder: Path) -> Path:
+def export_hf(pool: Pool, name: str, folder: Path, task: str | None = None) -> Path:
     """A `CLIPVisionModelWithProjection` folder (config.json, model.safetensors) holding the
     image tower at theta_0 + delta; `transformers` loads it and gives the open_clip export's
     image features. Written into a temporary folder, then renamed: never half a folder."""
@@ -75,10 +89,11 @@ def export_hf(pool: Pool, name: str, folder: Path) -> Path:
     config = hf_clip.vision_config(base.tower)
     with pool.open_artifact(name) as artifact:
         _refuse_tangent(name, artifact.kind)
+        mask = _task_mask(name, artifact, task)
         state = {}
         for key, value in base.tower.named_parameters():
             if key in artifact.shapes:
-                value = (value.float() + artifact.tensor(key)).to(value.dtype)
+                value = (value.float() + mask(key, artifact.tensor(key))).to(value.dtype)
             state[key] = value.detach()
     tensors = hf_clip.from_openclip(state)
     meta = {"format": "pt", "modpool_source": name, "base_fingerprint": pool.fingerprint}
@@ -95,6 +110,23 @@ def export_hf(pool: Pool, name: str, folder: Path) -> Path:
             folder.rmdir()
         os.replace(staging, folder)
     return folder
+
+
+def _task_mask(name: str, artifact, task: str | None):
+    """A function applying `task`'s mask to a tensor of a task-aware composition (tall);
+    the identity for anything else. A task-aware composition needs its task."""
+    tasks = artifact.mask_tasks
+    if not tasks:
+        if task is not None:
+            raise ModpoolError(f"{name} is not task-aware: --task applies to tall compositions")
+        return lambda key, value: value
+    task = canonical_name(task) if task else None
+    if task not in tasks:
+        raise ModpoolError(
+            f"{name} is task-aware (a mask per task: {', '.join(tasks)}): export it for one "
+            "of them with --task T"
+        )
+    return lambda key, value: value * artifact.task_mask(task, key)
 
 
 def _refuse_tangent(name: str, kind: str) -> None:

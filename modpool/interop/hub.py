@@ -53,6 +53,8 @@ def model_card(pool, name: str) -> str:
     tags = ["modpool", "task-vector", "image-classification", *entry.tasks]
     if entry.kind == "tangent":
         tags.append("tangent")
+    if meta.get("task_aware"):
+        tags.append("task-aware")
     results = [
         EvalResult(
             task_type="image-classification",
@@ -88,6 +90,7 @@ def model_card(pool, name: str) -> str:
         f"- kind: `{entry.kind}`"
         + (" (used through the linearised forward f(θ0) + J·τ)" if entry.kind == "tangent" else ""),
         f"- mode: `{meta['mode']}`",
+        *_compartments(entry),
     ]
     if is_module:
         body += [
@@ -132,10 +135,27 @@ def model_card(pool, name: str) -> str:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n").content
 
 
+def _compartments(entry) -> list[str]:
+    """Where the training data came from and who may use it: the module's own, or each
+    ingredient's as its recipe carries them."""
+    if entry.type == "module":
+        return [f"- data source: `{entry.source}`; access: `{', '.join(entry.access)}`"]
+    lines = [
+        f"- ingredient `{i['name']}`: data source `{i['source']}`; access "
+        f"`{', '.join(i.get('access', []))}`"
+        for i in entry.ingredients
+        if "source" in i
+    ]
+    access = entry.meta["recipe"].get("access")
+    if access:
+        lines.append(f"- composed for the access rights `{', '.join(access)}`")
+    return lines
+
+
 def _latest_evals(pool, name: str) -> list[dict]:
     latest: dict[tuple, dict] = {}
     for record in pool.history():
-        if record.get("target") == name:
+        if record.get("target") == name and "accuracy" in record:
             latest[(record["task"], record["split"])] = record
     return list(latest.values())
 

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ModpoolError
 from ..store.artifact import load_artifact, load_artifact_bytes
-from ..store.layout import Entry, check_name, default_module_name, now
+from ..store.layout import PUBLIC, Entry, check_name, default_module_name, labels, now
 from ..store.modules import module_meta, stream_module
 from ..store.tensorfile import sha256_file
 from ..tasks import canonical_name
@@ -128,11 +128,14 @@ def import_checkpoint(
     max_distance: float = DEFAULT_MAX_DISTANCE,
     skip_unknown: bool = False,
     origin: dict | None = None,
+    source: str | None = None,
+    access: list[str] | None = None,
 ) -> list[ImportPlan] | list[Entry]:
     """Import `path`: a modpool file, one fine-tuned checkpoint (`task` says what it was
     fine-tuned on), or a folder of them laid out as the task-vectors / TALL checkpoints
     (`<Task>/finetuned.pt`, `<Task>Val/{nonlinear,linear}_finetuned.pt`), all as one change.
-    `dry_run` returns the plans and writes nothing."""
+    `dry_run` returns the plans and writes nothing. `source` and `access` record where the
+    fine-tuning data came from (default: the task) and who may use it (default: public)."""
     path = Path(path)
     if is_modpool_artifact(path):
         if dry_run:
@@ -147,7 +150,7 @@ def import_checkpoint(
         for file, task_, mode_, name_ in jobs:
             taken = {p.name for p in plans}
             plans.append(plan_import(pool, file, task_, name_, mode_, max_distance, taken))
-        return plans if dry_run else write_plans(pool, plans, origin)
+        return plans if dry_run else write_plans(pool, plans, origin, source, access)
     finally:
         for plan in plans:
             plan.checkpoint.close()
@@ -220,13 +223,23 @@ def _plan(pool, path, checkpoint, task, name, mode, max_distance, taken) -> Impo
     )
 
 
-def write_plans(pool: Pool, plans: list[ImportPlan], origin: dict | None = None) -> list[Entry]:
+def write_plans(
+    pool: Pool,
+    plans: list[ImportPlan],
+    origin: dict | None = None,
+    source: str | None = None,
+    access: list[str] | None = None,
+) -> list[Entry]:
     """Stream every planned delta into the pool as one change."""
     with pool.change() as txn:
         for plan in plans:
             pool.require_new(plan.name)
-            imported = plan.summary() | (origin or {})
-            meta = module_meta(pool, plan.task, plan.kind, plan.kind, {"imported_from": imported})
+            extra = {
+                "imported_from": plan.summary() | (origin or {}),
+                "source": source or plan.task,
+                "access": labels(access) or [PUBLIC],
+            }
+            meta = module_meta(pool, plan.task, plan.kind, plan.kind, extra)
             shapes = {n: list(t.shape) for n, t in plan.finetuned.items()}
 
             def delta(key: str, plan: ImportPlan = plan) -> torch.Tensor:

@@ -58,17 +58,25 @@ def tangent_features(
 def _dual_pass(
     tower: nn.Module, params0: Params, names: list[str], deltas: list[torch.Tensor], x
 ) -> torch.Tensor:
-    """One forward pass on dual numbers (theta_0, delta): primal f(x; theta_0) and tangent
-    J . delta together, no autograd graph. (Forward AD is switched off inside an
-    autograd.Function's forward, hence `_set_fwd_grad_enabled`.)"""
+    """f(x; theta_0) + J . delta from one pass on dual numbers (see `jvp`)."""
+    primal, tangent = jvp(tower, params0, dict(zip(names, deltas)), x)
+    return primal + tangent
+
+
+def jvp(
+    tower: nn.Module, params0: Params, delta: Params, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(x; theta_0), J f(x; theta_0) . delta) from one forward pass on dual numbers
+    (theta_0, delta), with no autograd graph: the two terms of the tangent model apart, as
+    an attribution needs them. (Forward AD is switched off inside an autograd.Function's
+    forward, hence `_set_fwd_grad_enabled`.)"""
     with torch.no_grad(), jvp_friendly(), fwAD.dual_level(), fwAD._set_fwd_grad_enabled(True):
         weights = {
-            n: fwAD.make_dual(params0[n], d.detach().to(params0[n].dtype))
-            for n, d in zip(names, deltas)
+            n: fwAD.make_dual(params0[n], d.detach().to(params0[n].dtype)) for n, d in delta.items()
         }
         out = functional_call(tower, weights, (x,), strict=False)
         primal, tangent = fwAD.unpack_dual(out)
-    return primal if tangent is None else primal + tangent
+    return primal, torch.zeros_like(primal) if tangent is None else tangent
 
 
 class _Linearised(torch.autograd.Function):

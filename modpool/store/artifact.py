@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import torch
 from safetensors.torch import save as st_save
@@ -37,11 +38,26 @@ JSON_FIELDS = (
     "storage",
     "compacted_from",
     "imported_from",
+    "task_aware",
+    "mask",
+    "access",
 )
 REQUIRED_FIELDS = ("format", "type", "kind", "mode", "base", "base_fingerprint")
 
 Manifest = dict[str, tuple[list[int], str]]
 EXTRA_PREFIX = "fisher/"  # per-parameter side tensors (a module's Fisher), same shapes
+# a task-aware composition's per-task masks, bit-packed: taskmask/<parameter>/<task>
+TASK_MASK_PREFIX = "taskmask/"
+
+
+def mask_key(name: str, task: str) -> str:
+    return f"{TASK_MASK_PREFIX}{name}/{quote(task, safe='')}"
+
+
+def parse_mask_key(key: str) -> tuple[str, str]:
+    """(parameter, task) of a task mask's key."""
+    name, _, task = key.removeprefix(TASK_MASK_PREFIX).rpartition("/")
+    return name, unquote(task)
 
 
 @dataclass
@@ -53,6 +69,21 @@ class Artifact:
     sha256: str = ""
     path: Path | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    task_masks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def for_task(self, task: str | None) -> dict[str, torch.Tensor]:
+        """The delta a task sees: a task-aware composition's delta under that task's mask."""
+        if not self.task_masks:
+            return self.tensors
+        if task not in self.task_masks:
+            known = ", ".join(sorted(self.task_masks))
+            raise ModpoolError(
+                f"{self.path.stem if self.path else 'this composition'} is task-aware (a mask per "
+                f"task: {known}): say which of them it serves"
+                + (f", not {task!r}" if task else " (--task T)")
+            )
+        masks = self.task_masks[task]
+        return {n: v * masks[n] if n in masks else v for n, v in self.tensors.items()}
 
     @property
     def kind(self) -> str:
@@ -114,7 +145,7 @@ class ArtifactFile:
                 f"{self.meta['base_fingerprint'][:12]}, this pool's base is {fingerprint[:12]}); "
                 "modules of different bases cannot be mixed"
             )
-        stored = encoding.parameters(file, EXTRA_PREFIX)
+        stored = encoding.parameters(file, (EXTRA_PREFIX, TASK_MASK_PREFIX))
         self.shapes: dict[str, list[int]] = {}
         for name, shape in stored.items():
             if manifest is not None and name not in manifest:
@@ -138,6 +169,34 @@ class ArtifactFile:
                 raise ModpoolError(f"{self.where}: side tensor '{key}' does not fit the base")
             if file.entries[key]["dtype"] not in encoding.FLOAT_CODES:
                 raise ModpoolError(f"{self.where}: side tensor '{key}' is not a float tensor")
+        self.mask_keys = self._check_task_masks(file)
+
+    def _check_task_masks(self, file: TensorFile) -> dict[tuple[str, str], str]:
+        """(task, parameter) -> key of each bit-packed task mask, checked to fit."""
+        keys = {}
+        for key, entry in file.entries.items():
+            if not key.startswith(TASK_MASK_PREFIX):
+                continue
+            name, task = parse_mask_key(key)
+            if name not in self.shapes or not task:
+                raise ModpoolError(f"{self.where}: task mask '{key}' names no stored tensor")
+            if entry["dtype"] != "U8" or entry["shape"] != [-(-self.numel(name) // 8)]:
+                raise ModpoolError(f"{self.where}: task mask '{key}' has the wrong size or type")
+            keys[(task, name)] = key
+        return keys
+
+    def stored_mask(self, name: str) -> torch.Tensor | None:
+        """The bitmask tensor `name` is stored with (a masked module's mask), or None."""
+        return encoding.stored_mask(self.file, name, self.shapes[name])
+
+    @property
+    def mask_tasks(self) -> list[str]:
+        return sorted({task for task, _ in self.mask_keys})
+
+    def task_mask(self, task: str, name: str) -> torch.Tensor:
+        """Task `task`'s mask of tensor `name` (boolean, the tensor's shape)."""
+        packed = self.file.raw(self.mask_keys[(task, name)])
+        return encoding.unpack_bits(packed, self.numel(name)).reshape(self.shapes[name])
 
     @classmethod
     def open(cls, path: Path | str, manifest=None, fingerprint=None) -> ArtifactFile:
@@ -187,7 +246,10 @@ class ArtifactFile:
             value = self.file.raw(key).clone()
             _check_finite(value, key, self.where)
             extra[key.removeprefix(EXTRA_PREFIX)] = value
-        return Artifact(tensors, self.meta, self.sha256(), None, extra)
+        masks: dict[str, dict[str, torch.Tensor]] = {}
+        for task, name in self.mask_keys:
+            masks.setdefault(task, {})[name] = self.task_mask(task, name)
+        return Artifact(tensors, self.meta, self.sha256(), None, extra, masks)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ModpoolError
@@ -90,10 +91,32 @@ class Storage:
         return out
 
 
+def encode_masked(name: str, tensor: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`tensor` where `mask` holds, stored as its values there and the mask's bits (always
+    the bitmask, whatever is smaller: the mask itself is what a masked module records)."""
+    flat, keep = tensor.reshape(-1).float(), mask.reshape(-1).bool()
+    return {VALUES + name: flat[keep].contiguous(), MASK + name: pack_mask(keep)}
+
+
+def stored_mask(file: TensorFile, name: str, shape: list[int]) -> torch.Tensor | None:
+    """The bitmask a tensor is stored with, as booleans of its shape (None: stored dense)."""
+    if MASK + name not in file.entries:
+        return None
+    numel = math.prod(shape)
+    return unpack_bits(file.raw(MASK + name), numel).reshape(shape)
+
+
 def pack_bits(positions: torch.Tensor, numel: int) -> torch.Tensor:
     bits = torch.zeros(-(-numel // 8) * 8, dtype=torch.uint8)
     bits[positions] = 1
     return (bits.view(-1, 8) * BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (or 0/1) tensor as bits (bit j of byte i is entry 8i + j), 1 bit per
+    entry; numpy's packbits, which is what this layout is."""
+    flat = mask.reshape(-1).bool().numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
 
 
 def unpack_bits(mask: torch.Tensor, numel: int) -> torch.Tensor:
@@ -108,7 +131,7 @@ def logical_name(key: str) -> tuple[str, str]:
     return key, "dense"
 
 
-def parameters(file: TensorFile, skip_prefix: str) -> dict[str, list[int] | None]:
+def parameters(file: TensorFile, skip_prefix: str | tuple[str, ...]) -> dict[str, list[int] | None]:
     """Parameter names stored in `file` (keys under `skip_prefix` aside), with their shape
     when stored dense; checks that each is stored exactly one way, with fitting dtypes."""
     roles: dict[str, dict[str, dict]] = {}

@@ -31,9 +31,10 @@ from .artifact import read_metadata
 
 POOL_FORMAT = "modpool-pool/1"
 HEAD_FORMAT = "modpool-head/1"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 RESERVED = {"base"}
 KINDS = {"modules": "module", "compositions": "composition"}  # folder -> artifact type
+PUBLIC = "public"  # the access label everyone holds
 
 
 def now() -> str:
@@ -65,7 +66,7 @@ def versions() -> dict[str, str]:
 def check_name(name: str, what: str = "name") -> str:
     if not NAME_RE.match(name) or name in RESERVED or name.endswith(".tmp"):
         raise ModpoolError(
-            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' (up to 100, "
+            f"invalid {what} {name!r}: use letters, digits, '.', '_', '@' and '-' (up to 100, "
             "starting with a letter or digit; 'base' is reserved)"
         )
     return name
@@ -92,6 +93,23 @@ def name_candidates(task: str, mode: str) -> Iterator[str]:
         yield check_name(f"{stem}-{mode}-{i}")
 
 
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+
+
+def labels(values: list[str] | str | None) -> list[str]:
+    """Access labels from a list or a comma-separated string, checked, sorted."""
+    if values is None:
+        return []
+    items = (
+        values.split(",") if isinstance(values, str) else [x for v in values for x in v.split(",")]
+    )
+    out = sorted({v.strip() for v in items if v.strip()})
+    for label in out:
+        if not LABEL_RE.match(label):
+            raise ModpoolError(f"invalid access label {label!r}: letters, digits and . _ : @ -")
+    return out
+
+
 @dataclass
 class Entry:
     """A module or composition as listed: metadata from the header, no tensors loaded."""
@@ -115,6 +133,16 @@ class Entry:
     @property
     def ingredients(self) -> list[dict]:
         return self.meta.get("recipe", {}).get("ingredients", [])
+
+    @property
+    def source(self) -> str:
+        """Who or what a module's training data came from (its task, unless told)."""
+        return self.meta.get("source") or self.meta.get("task", "?")
+
+    @property
+    def access(self) -> list[str]:
+        """The access labels of a module's data: a holder of any of them may use it."""
+        return list(self.meta.get("access") or [PUBLIC])
 
 
 def tasks_of(meta: dict) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ModpoolError
 from .artifact import EXTRA_PREFIX, FORMAT, all_finite, encode_metadata, to_bytes
-from .encoding import Storage
+from .encoding import Storage, encode_masked
 from .journal import Transaction
 from .layout import Entry, digest, now, versions
 from .tensorfile import TensorWriter
@@ -54,6 +54,37 @@ def save_module(
         pool.stage(txn, f"modules/{name}.safetensors", data)
         record = {"action": "add-module", "name": name, "sha256": digest(data)}
         txn.log({"time": now(), **record, "task": task, "kind": kind})
+        for extra_file in cleanup or []:
+            txn.delete(extra_file)
+    return pool.entry(name)
+
+
+def save_masked_module(
+    pool: Pool,
+    name: str,
+    delta: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    task: str,
+    kind: str,
+    mode: str,
+    mask_meta: dict,
+    cleanup: list[str] | None = None,
+) -> Entry:
+    """Store `delta` where `masks` hold, as values plus the masks' bits (1 bit per weight):
+    a sparse module that composes, exports and forgets like any other, and whose file
+    keeps the mask itself. `mask_meta` (what was masked, how, kept fractions) goes into
+    its `mask` metadata."""
+    check_delta(pool.manifest, delta, name)
+    tensors = {}
+    for key, value in delta.items():
+        tensors |= encode_masked(key, value, masks[key])
+    meta = module_meta(pool, task, kind, mode, {"mask": mask_meta})
+    data = to_bytes(tensors, meta)
+    with pool.change() as txn:
+        pool.require_new(name)
+        pool.stage(txn, f"modules/{name}.safetensors", data)
+        record = {"action": "add-mask", "name": name, "sha256": digest(data)}
+        txn.log({"time": now(), **record, "task": task, "of": mask_meta.get("of")})
         for extra_file in cleanup or []:
             txn.delete(extra_file)
     return pool.entry(name)

@@ -154,7 +154,7 @@ class TensorWriter:
     SYNC_EVERY = 64 * 1024 * 1024
     DIRECT = True  # try direct I/O (tests turn it off to cover the ordinary path)
 
-    def __init__(self, file: BinaryIO, plan: Plan, meta: dict[str, str]):
+    def __init__(self, file: BinaryIO, plan: Plan, meta: dict[str, str], spare_core: bool = True):
         self.fd = file.fileno()
         self.order = [key for key, _, _ in sorted(plan, key=lambda e: (-ITEMSIZE[e[1]], e[0]))]
         self.entries, header = _layout(plan, self.order, meta)
@@ -172,8 +172,11 @@ class TensorWriter:
         self._offset = 0  # of the current chunk in the file
         writer = _Worker(self._write, then=self._free.put)
         self._workers = [_Worker(self._hash, then=writer.put), writer]  # stopped in order
-        self._torch_threads = torch.get_num_threads()  # the hash thread needs a core: on two
-        torch.set_num_threads(max(1, self._torch_threads - 1))  # cores 1.2x faster
+        # the hash thread needs a core (on two cores 1.2x faster), unless the caller's work
+        # is so heavy (SVDs) that hashing is a small share of it: `spare_core=False`
+        self._torch_threads = torch.get_num_threads() if spare_core else 0
+        if spare_core:
+            torch.set_num_threads(max(1, self._torch_threads - 1))
         self._append(torch.frombuffer(bytearray(header), dtype=torch.uint8))
 
     def write(self, key: str, tensor: torch.Tensor) -> None:

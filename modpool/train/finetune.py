@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModpoolError
 from ..store.encoding import Storage
-from ..store.layout import Entry, default_module_name, name_candidates
+from ..store.layout import PUBLIC, Entry, default_module_name, labels, name_candidates
 from .checkpoint import Checkpointer
 from .distributed import world
 from .loop import TrainConfig, check_config, defaults_for, fit, total_steps
@@ -27,12 +27,15 @@ def finetune(
     checkpoint_every: int | None = None,
     resume: bool = False,
     storage: Storage | None = None,
+    source: str | None = None,
+    access: list[str] | None = None,
 ) -> Entry | None:
     """Train a module for one task and store it. For ita and iel, `with_modules` names the
     modules whose Fisher (ita) or composition (iel) shape it; by default every eligible
     module in the pool (see second_order.py). `storage` makes a compact module (dtype,
-    density). Under torchrun every rank trains and only rank 0 writes (and returns the
-    entry)."""
+    density). `source` names where the training data came from (default: the task) and
+    `access` its access labels (default: public). Under torchrun every rank trains and only
+    rank 0 writes (and returns the entry)."""
     cfg = cfg or defaults_for(pool.base)
     check_config(cfg)
     if cfg.last_blocks is not None:
@@ -54,7 +57,8 @@ def finetune(
     if not world_.main:
         world_.barrier()  # rank 0 is writing
         return None
-    entry = _store(pool, name, task.name, cfg, result, plan, world_.size, storage)
+    compartment = compartment_meta(task.name, source, access)
+    entry = _store(pool, name, task.name, cfg, result, plan, world_.size, storage, compartment)
     world_.barrier()
     return entry
 
@@ -76,7 +80,7 @@ def _checkpointer(pool, name, task, cfg, examples, every, resume) -> Checkpointe
     return Checkpointer(path, every, cfg.to_dict() | {"task": task}, resume, pool.root / ".lock")
 
 
-def _store(pool, name, task, cfg, result, plan, world_size, storage) -> Entry:
+def _store(pool, name, task, cfg, result, plan, world_size, storage, compartment) -> Entry:
     metrics = {
         "train_loss": result.final_loss,
         "train_accuracy": result.train_accuracy,
@@ -93,11 +97,16 @@ def _store(pool, name, task, cfg, result, plan, world_size, storage) -> Entry:
         cfg.to_dict() | {"steps_run": result.steps, "world_size": world_size},
         cfg.seed,
         metrics,
-        extra_meta=_second_order_meta(plan),
+        extra_meta=(_second_order_meta(plan) or {}) | compartment,
         fisher=plan.fisher.fisher if plan else None,
         cleanup=[ckpt] if (pool.root / ckpt).exists() else None,
         storage=storage,
     )
+
+
+def compartment_meta(task: str, source: str | None, access) -> dict:
+    """A module's `source` (its task unless told) and `access` labels (public unless told)."""
+    return {"source": source or task, "access": labels(access) or [PUBLIC]}
 
 
 def checkpoint_rel(name: str) -> str:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from ..bases import Base
 from ..bases.head import Head
 from ..errors import ModpoolError
+from ..model.device import resolve_device
 from ..model.forward import Params, nonlinear_features, tangent_features
 from ..progress import bar
 from ..tasks import batches
@@ -64,14 +65,6 @@ def defaults_for(base: Base) -> TrainConfig:
     if base.head_kind == "zeroshot":
         return TrainConfig()
     return TrainConfig(steps=None, epochs=2.0, lr=2e-5, batch_size=32, warmup=0.1)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModpoolError(f"--device {device} asked for, but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def total_steps(cfg: TrainConfig, n_examples: int) -> int:
@@ -164,7 +157,7 @@ def fit(
     warmup = int(cfg.warmup * steps) if isinstance(cfg.warmup, float) else int(cfg.warmup)
     optimizer = torch.optim.AdamW(theta.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = checkpoint.load() if checkpoint is not None else None
-    first = _restore(state, theta, optimizer, cfg.lr, device) if state else 0
+    first = restore_state(state, theta, optimizer, cfg.lr, device) if state else 0
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup, steps), last_epoch=first - 1
     )
@@ -175,7 +168,7 @@ def fit(
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    stream = _endless(data, cfg.batch_size, cfg.seed)
+    stream = endless_batches(data, cfg.batch_size, cfg.seed)
     for _ in range(first):  # the batches the interrupted run already used
         next(stream)
     stats = state.stats if state else {"loss_avg": 0.0, "acc_avg": 0.0, "seen": 0, "seconds": 0.0}
@@ -208,7 +201,9 @@ def fit(
             acc_avg = weight * acc_avg + (1 - weight) * correct / max(1, count)
             update(loss=loss_avg, acc=acc_avg, ips=seen / (time.perf_counter() - start))
             if checkpoint is not None and world_.main and checkpoint.due(step + 1, steps):
-                checkpoint.save(_state(step + 1, theta, optimizer, loss_avg, acc_avg, seen, start))
+                checkpoint.save(
+                    training_state(step + 1, theta, optimizer, loss_avg, acc_avg, seen, start)
+                )
             crash_at_step(step + 1)
     seconds = time.perf_counter() - start
     delta = {n: (theta[n] - params0[n]).detach().float().cpu() for n in theta}
@@ -258,7 +253,7 @@ def _accumulate_gradients(ddp, base, head, images, labels, device, autocast, wor
     return loss_sum / max(1, count), correct, count
 
 
-def _state(step, theta, optimizer, loss_avg, acc_avg, seen, start) -> TrainState:
+def training_state(step, theta, optimizer, loss_avg, acc_avg, seen, start) -> TrainState:
     moments = {k: {} for k in ("exp_avg", "exp_avg_sq")}
     for name, p in theta.items():
         for key in moments:
@@ -278,7 +273,7 @@ def _state(step, theta, optimizer, loss_avg, acc_avg, seen, start) -> TrainState
     )
 
 
-def _restore(state: TrainState, theta: Params, optimizer, lr: float, device) -> int:
+def restore_state(state: TrainState, theta: Params, optimizer, lr: float, device) -> int:
     """Put theta and AdamW's state back as they were after `state.step` steps."""
     with torch.no_grad():
         for name, p in theta.items():
@@ -300,7 +295,7 @@ def crash_at_step(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _endless(data: Dataset, batch_size: int, seed: int):
+def endless_batches(data: Dataset, batch_size: int, seed: int):
     epoch = 0
     while True:
         yield from batches(data, batch_size, shuffle=True, seed=seed + epoch)

@@ -7,7 +7,18 @@ rebuilt bit for bit from its recipe (this is what makes `forget` exact).
 
 from __future__ import annotations
 
-from . import dare, magnitude, mean, sum, ties  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    consensus,
+    dare,
+    iso,
+    iso_cts,
+    magnitude,
+    mean,
+    sum,
+    tall,
+    ties,
+    tsv,
+)
 from .base import REGISTRY, MergeMethod, get_method, register
 
 __all__ = ["REGISTRY", "MergeMethod", "get_method", "register"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -47,14 +48,24 @@ class MemorySource:
 
 class MergeMethod(ABC):
     """A named merge. `defaults` lists the parameters it accepts and their defaults;
-    `choices` restricts string parameters to named variants."""
+    `choices` restricts string parameters to named variants; `grid` is the coefficient
+    grid an alpha search tries by default (0 to 1 for task arithmetic, to 3 for the
+    spectral methods). A `task_aware` method also gives each task a mask (`masks`), stored
+    beside the merged delta and applied when the task is known. `tasks` (set by the
+    caller, one per ingredient) lets a method look up per-task parameters."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    grid: ClassVar[list[float]] = [round(0.05 * i, 2) for i in range(21)]
+    task_aware: ClassVar[bool] = False
     # True when a NaN or infinity in any input always reaches the output (sums do; a trim
     # can drop one), so checking the output checks the inputs too
     propagates_nonfinite: ClassVar[bool] = False
+    # True when merging costs far more than reading and writing (SVDs): the writer then
+    # leaves torch all its threads rather than keep a core for hashing
+    compute_bound: ClassVar[bool] = False
+    tasks: list[str] | None = None
 
     def __init__(self, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)
@@ -83,6 +94,10 @@ class MergeMethod(ABC):
     def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
         """Combine one parameter's tensors, given one user coefficient per ingredient."""
 
+    def masks(self, name: str, parts: Parts, alphas: list[float]) -> dict[str, torch.Tensor]:
+        """Task-aware methods: each task's boolean mask for one parameter."""
+        raise NotImplementedError
+
     def merge(self, deltas: list[Params], alphas: list[float]) -> Params:
         """Combine deltas held in memory (same arithmetic as the streamed path)."""
         self.prepare([MemorySource(d) for d in deltas])
@@ -103,6 +118,25 @@ def get_method(name: str, seed: int = 0, **params: Any) -> MergeMethod:
     if name not in REGISTRY:
         raise ModpoolError(f"unknown merge method {name!r}: choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name](seed=seed, **params)
+
+
+BLOCK = 1 << 16  # entries per block: a block's intermediates stay in the CPU's cache
+
+
+def blockwise(parts: Parts, merge: Callable[[Parts], torch.Tensor]) -> torch.Tensor:
+    """`merge` applied block by block to the flattened parts (None stays None), for merges
+    that treat every entry on its own: the same bits as on the whole tensors, at a
+    fraction of the memory traffic (each block's temporaries stay in the cache)."""
+    shape = next(p.shape for p in parts if p is not None)
+    flat = [None if p is None else p.reshape(-1) for p in parts]
+    n = next(f.numel() for f in flat if f is not None)
+    if n <= BLOCK:
+        return merge(parts)
+    out = torch.empty(n, dtype=torch.float32)
+    for start in range(0, n, BLOCK):
+        end = min(n, start + BLOCK)
+        out[start:end] = merge([None if f is None else f[start:end] for f in flat])
+    return out.reshape(shape)
 
 
 def check_fraction(method: str, key: str, value: float, low_open: bool, high_open: bool) -> None:

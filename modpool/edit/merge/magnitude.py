@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Parts, Source, check_fraction, register, weighted_parts
-from .trim import Trim
+from .base import (
+    MergeMethod,
+    Parts,
+    Source,
+    blockwise,
+    check_fraction,
+    register,
+    weighted_parts,
+)
+from .trim import Trim, keep_above
 
 
 @register
@@ -23,4 +31,10 @@ class Magnitude(MergeMethod):
         self.trim.prepare(sources)
 
     def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
-        return weighted_parts(self.trim.apply(parts), alphas)
+        cuts = self.trim.thresholds(parts)
+
+        def merge(block: Parts) -> torch.Tensor:
+            kept = [None if p is None else keep_above(p.float(), c) for p, c in zip(block, cuts)]
+            return weighted_parts(kept, alphas)
+
+        return blockwise(parts, merge)

@@ -32,18 +32,56 @@ class Ties(MergeMethod):
         self.trim.prepare(sources)
 
     def merge_tensor(self, name: str, parts: Parts, alphas: list[float]) -> torch.Tensor:
-        kept = self.trim.apply(parts)
-        return disjoint_merge(kept, alphas, self.params["sign"], self.params["agg"])
+        cuts = self.trim.thresholds(parts)
+        return disjoint_merge(parts, alphas, cuts, self.params["sign"], self.params["agg"])
 
 
-def disjoint_merge(kept: Parts, alphas: list[float], sign: str, agg: str) -> torch.Tensor:
-    stack = torch.stack([a * k for k, a in zip(kept, alphas) if k is not None])
-    if sign == "mass":
-        elected = torch.sign(stack.sum(0))
-    else:
-        elected = torch.sign((stack > 0).sum(0) - (stack < 0).sum(0)).float()
-    agree = (torch.sign(stack) == elected) & (stack != 0)
-    total = torch.where(agree, stack, 0.0).sum(0)
+CHUNK = 1 << 16  # columns per block (a multiple of any SIMD width: see `disjoint_merge`)
+
+
+def disjoint_merge(
+    parts: Parts, alphas: list[float], cuts: list[float | None], sign: str, agg: str
+) -> torch.Tensor:
+    """Trim each part at its cut, weight it, elect a sign per coordinate, merge the agreeing
+    values: the bits of the direct formulation (stack the weighted kept values, sign of
+    their sum, mean of those that agree), which the tests keep as the oracle, at a fraction
+    of its cost. Two things make it fast: it works block by block, so that every
+    intermediate stays in the CPU's cache, and it uses float arithmetic only (comparisons
+    written as 0/1 floats, no boolean tensors, no `where`). Two make it exact: the agreeing
+    values of a coordinate are its positive ones where the elected sign is + (its negative
+    ones where it is -), and every sum over ingredients is torch's own `sum(0)` over the
+    stacked block, whose order per column does not depend on the number of columns when
+    blocks are aligned to `CHUNK`."""
+    present = [(p.reshape(-1), a, c) for p, a, c in zip(parts, alphas, cuts) if p is not None]
+    shape = next(p.shape for p in parts if p is not None)
+    n = present[0][0].numel()
+    out = torch.empty(n, dtype=torch.float32)
+    size = min(CHUNK, n)
+    weighted = torch.empty(len(present), size, dtype=torch.float32)
+    scratch = torch.empty_like(weighted)
+    for start in range(0, n, size):
+        m = min(size, n - start)
+        out[start : start + m] = _merge_block(
+            present, start, weighted[:, :m], scratch[:, :m], sign, agg
+        )
+    return out.reshape(shape)
+
+
+def _merge_block(present, start, weighted, scratch, sign: str, agg: str) -> torch.Tensor:
+    m = weighted.shape[1]
+    for row, (flat, alpha, cut) in zip(weighted, present):
+        x = flat[start : start + m].float()
+        if cut is None or cut <= 0:  # nothing trimmed
+            torch.mul(x, alpha, out=row)
+        else:
+            keep = torch.ge(torch.abs(x, out=row), cut, out=row)
+            keep.mul_(x).mul_(alpha)
+    positive = torch.gt(weighted, 0.0, out=scratch).sum(0)
+    negative = torch.lt(weighted, 0.0, out=scratch).sum(0)
+    elected = weighted.sum(0) if sign == "mass" else positive - negative
+    up, down = torch.gt(elected, 0.0).float(), torch.lt(elected, 0.0).float()
+    merged = torch.clamp_min(weighted, 0.0, out=scratch).sum(0).mul_(up)
+    merged.add_(torch.clamp_max(weighted, 0.0, out=scratch).sum(0).mul_(down))
     if agg == "mean":
-        total = total / agree.sum(0).clamp(min=1)
-    return total
+        merged.div_(positive.mul_(up).add_(negative.mul_(down)).clamp_min_(1.0))
+    return merged
