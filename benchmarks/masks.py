@@ -25,15 +25,22 @@ from modpool.demo import ensure_modules
 from modpool.edit.search import compose_searched
 from modpool.tasks import OFFLINE
 from modpool.train import MaskConfig
+from modpool.train.checkpoint import checkpoint_rel
 
 GRID = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
 DOCS = Path(__file__).parent.parent / "docs"
 
 
 def learn(pool: Pool, name: str | None, task: str, cfg: MaskConfig, on_base: bool) -> str:
+    """The mask, learned afresh unless the pool has one learned with this very config (a
+    run of this script cut short, resumed)."""
     output = f"base@{task}" if on_base else f"{name}@mask"
+    if pool.exists(output) and pool.entry(output).meta["mask"]["config"] == cfg.to_dict():
+        print(f"{output}: already learned with this config", flush=True)
+        return output
     if pool.exists(output):
         pool.forget(output)
+    (pool.root / checkpoint_rel(output)).unlink(missing_ok=True)
     start = time.perf_counter()
     entry = pool.mask(name, task if on_base else None, on_base, output, cfg, show_progress=False)
     print(f"{output}: kept {100 * entry.meta['mask']['kept_total']:.1f}% in "
@@ -58,13 +65,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=Path, default=Path(__file__).parent / ".pools" / "merge")
     parser.add_argument("--beta", type=float, default=MaskConfig.beta)
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=MaskConfig.steps)
     parser.add_argument("--lr", type=float, default=MaskConfig.lr)
     parser.add_argument("--no-base", action="store_true", help="skip the base masks")
     args = parser.parse_args()
     pool = Pool.open_or_create(args.pool, "offline")
     names = ensure_modules(pool, OFFLINE, "nonlinear", 1.0, show_progress=False)
-    cfg = MaskConfig(beta=args.beta, epochs=args.epochs, lr=args.lr)
+    cfg = MaskConfig(beta=args.beta, steps=args.steps, epochs=args.epochs, lr=args.lr)
     result: dict = {"config": cfg.to_dict(), "modules": {}}
     masked = []
     for name, task in zip(names, OFFLINE):

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from _common import run_isolated, write
-from streaming import BASE, PRELUDE, warm
+from streaming import PRELUDE, prepare, warm
 
 from modpool import Pool
 
@@ -44,26 +44,6 @@ print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() -
 """
 
 
-def prepare(count: int) -> tuple[Pool, list[str]]:
-    import torch
-
-    pool = Pool.open_or_create(POOL, BASE)
-    names = [f"m{i}" for i in range(count)]
-    for i, name in enumerate(names):
-        if not pool.exists(name):
-            generator = torch.Generator().manual_seed(i)
-            delta = {
-                k: 1e-3 * torch.randn(shape, generator=generator)
-                for k, (shape, _) in pool.manifest.items()
-            }
-            pool.save_module(name, delta, TASKS[i % len(TASKS)], "nonlinear")
-            print("wrote", name, flush=True)
-    for entry in pool.entries():
-        if entry.type == "composition":
-            pool.forget(entry.name)
-    return pool, names
-
-
 def probe(body: str, names: list[str], **fmt) -> dict:
     prelude = PRELUDE.format(bench=str(Path(__file__).parent), pool=str(POOL), names=names)
     return run_isolated(prelude + body.format(**fmt))
@@ -85,7 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="where the SVD methods compute")
     parser.add_argument("--methods", nargs="*", help="only these methods (sum always runs)")
     args = parser.parse_args()
-    pool, names = prepare(args.modules)
+    pool, names = prepare(args.modules, POOL, TASKS)
     module_bytes = pool.entry(names[0]).path.stat().st_size
     chosen = set(args.methods or [*ELEMENTWISE, *SPECTRAL]) | {"sum"}
     runs: dict[str, list[dict]] = {m: [] for m in [*ELEMENTWISE, *SPECTRAL] if m in chosen}

@@ -103,7 +103,14 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--name", default="methods", help="results file name")
     parser.add_argument("--update", action="store_true", help="merge into the existing results")
+    parser.add_argument(
+        "--svd-grid", help="alpha grid for tsv/iso/iso-cts, a,b,c (default 0.2 to 3)"
+    )
     args = parser.parse_args()
+    if args.svd_grid:
+        grid = [float(x) for x in args.svd_grid.split(",")]
+        for method in ("tsv", "iso", "iso-cts"):
+            METHODS[method] = (METHODS[method][0], grid)
     offline = args.tasks == list(OFFLINE)
     pool = Pool.open_or_create(args.pool, "offline" if offline else None, data_root=args.data_root)
     result = {"pool_base": pool.config["base"], "tasks": args.tasks, "modes": {}}
@@ -122,6 +129,7 @@ def main() -> None:
         rows = result["modes"].setdefault(mode, {"single": single})
         for method in args.methods.split(","):
             rows[method] = one(pool, names, args.tasks, method, f"bench-{method}-{mode}")
+            rows[method]["grid"] = METHODS[method][1]
             row = rows[method]
             print(
                 f"{mode:9s} {method:9s} alpha {row['alpha']:<4g} acc {100 * row['mean_accuracy']:.1f} "

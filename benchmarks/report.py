@@ -17,6 +17,17 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the header, its rule, one line per row."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def section(title: str, intro: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A results section: its title, what was measured, the table."""
+    return [f"## {title}", "", intro, "", *table(columns, rows), ""]
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -287,6 +298,202 @@ def inference_cost(r: dict) -> list[str]:
     return out + [""]
 
 
+def import_memory(r: dict) -> list[str]:
+    rows = [
+        [
+            row["format"],
+            f"{row['checkpoint_bytes'] / 2**20:.0f}",
+            f"{row['seconds']:.1f}",
+            f"{row['peak_above_base_over_size']:.2f}x",
+            f"{row['peak_total_over_size']:.2f}x",
+        ]
+        for row in r["rows"]
+    ]
+    columns = ["format", "size MiB", "seconds", "peak above the base", "whole process"]
+    return section(
+        "Importing checkpoints (issue 15): `benchmarks/import_memory.py`",
+        f"A ViT-B/32-size fine-tuned checkpoint of `{r['base']}`, imported in a fresh "
+        "interpreter that has loaded the base. Peak RSS above that, and the whole process's "
+        "peak, as ratios to the checkpoint's size.",
+        columns,
+        rows,
+    )
+
+
+def merge_speed(r: dict) -> list[str]:
+    rows = [
+        [
+            row["method"],
+            f"{row['seconds']:.2f}",
+            f"{row['time_over_sum']:.1f}x",
+            f"{row['peak_over_module']:.2f}x",
+        ]
+        for row in r["rows"]
+    ]
+    return section(
+        "Merge methods, speed and memory (issue 16): `benchmarks/merge_speed.py`",
+        f"One compose of {r['modules']} random ViT-B/32-size modules "
+        f"({r['module_bytes'] / 2**20:.0f} MiB each), fresh interpreter, page cache warm; "
+        f"medians; SVDs on {r['device']}.",
+        ["method", "seconds", "time / sum", "peak / one module"],
+        rows,
+    )
+
+
+def methods(r: dict) -> list[str]:
+    tasks = r["tasks"]
+    columns = ["mode", "method", "alpha", "grid", *tasks, "mean", "mean normalised"]
+    rows = [
+        [
+            mode,
+            f"{method} (task-aware)" if row["task_aware"] else method,
+            f"{row['alpha']:g}",
+            _grid(row.get("grid")),
+            *(f"{pct(row['accuracy'][t])} ({pct(row['normalized'][t])})" for t in tasks),
+            pct(row["mean_accuracy"]),
+            pct(row["mean_normalized"]),
+            f"{row['compose_seconds']:.2f}",
+            f"{row['compose_peak_bytes'] / 2**20:.0f}",
+        ]
+        for mode, by_method in r["modes"].items()
+        for method, row in by_method.items()
+        if method != "single"
+    ]
+    return section(
+        "Every merge method on the same modules (issue 16): `benchmarks/methods.py`",
+        f"Base `{r['pool_base']}`; alpha (and, for tall/consensus, each task's lambda) chosen "
+        "on validation; test accuracy %, normalised % in brackets; compose time and peak RSS "
+        "of the final compose. The SVD methods use `matrices=conv` on this convolutional base.",
+        [*columns, "compose s", "peak MiB"],
+        rows,
+    )
+
+
+def _grid(grid: list[float] | None) -> str:
+    """The alpha grid a row searched: the method's own unless the run gave one."""
+    if not grid:
+        return "method's own"
+    return f"{grid[0]:g} to {grid[-1]:g} ({len(grid)} points)"
+
+
+def _chance_iou(a: str, b: str, kept: dict[str, float]) -> float:
+    """The IoU two independent random masks of these kept fractions would have: pq/(p+q-pq)."""
+    p, q = kept[a], kept[b]
+    return p * q / (p + q - p * q)
+
+
+def _specialisation(a: dict) -> str:
+    """The paper's question in two numbers: does removing X's exclusive weights hurt X only
+    (specialisation), and do masks overlap more than chance (reuse)?"""
+    none, names = a["removal"]["none"], list(a["removal"]["none"])
+    kept = {name: v["total"] for name, v in a["kept"].items()}
+    drop = {(x, y): 100 * (none[y] - a["removal"][x][y]) for x in names for y in names}
+    own = [drop[x, x] for x in names]
+    others = [drop[x, y] for x in names for y in names if x != y]
+    ratios = [v["iou"] / _chance_iou(*p.split("|"), kept) for p, v in a["pairs"].items()]
+    return (
+        f"Removing the weights exclusive to X costs X {sum(own) / len(own):.2f} points on "
+        f"average and each other task {sum(others) / len(others):.2f}; the masks' IoU is "
+        f"{min(ratios):.1f}x to {max(ratios):.1f}x that of independent masks of their sizes."
+    )
+
+
+def masks(r: dict) -> list[str]:
+    out = [
+        "## Weight masks (issue 17): `benchmarks/masks.py`",
+        "",
+        f"beta {r['config']['beta']:g}, "
+        + (
+            f"{r['config']['steps']} steps"
+            if r["config"]["steps"]
+            else f"{r['config']['epochs']:g} epochs"
+        )
+        + ", Adam lr "
+        f"{r['config']['lr']:g}; test accuracy %.",
+        "",
+        "| module | kept % | accuracy full | accuracy masked | points lost | file KiB full / masked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in r["modules"].items():
+        out.append(
+            f"| {name} | {pct(row['kept'])} | {pct(row['accuracy_full'])} | "
+            f"{pct(row['accuracy_masked'])} | {row['points_lost']:+.2f} | "
+            f"{row['bytes_full'] / 1024:.0f} / {row['bytes_masked'] / 1024:.0f} |"
+        )
+    for label in ("compose_full", "compose_masked"):
+        row = r.get(label)
+        if row:
+            out.append(
+                f"\n{label.replace('_', ' ')} (sum, alpha {row['alpha']:g}): mean accuracy "
+                f"{pct(row['mean_accuracy'])}%"
+            )
+    for key, title, figure in (
+        ("analysis", "masks over modules", "masks.png"),
+        ("base_analysis", "masks over the base", "masks-base.png"),
+    ):
+        a = r.get(key)
+        if not a:
+            continue
+        out += ["", f"IoU and shared fraction, {title}:", ""]
+        kept = {name: v["total"] for name, v in a["kept"].items()}
+        out += [
+            f"- {pair}: IoU {pct(v['iou'])}%, shared {pct(v['shared'])}% (independent masks "
+            f"of these sizes: IoU {pct(_chance_iou(*pair.split('|'), kept))}%)"
+            for pair, v in a["pairs"].items()
+        ]
+        names = list(a["removal"]["none"])
+        rows = [[x, *(pct(accs[n]) for n in names)] for x, accs in a["removal"].items()]
+        out += ["", *table(["removed (exclusive to)", *names], rows), "", _specialisation(a)]
+        out += ["", f"![{title}: IoU and removal matrix]({figure})"]
+    return out + [""]
+
+
+def compartments(r: dict) -> list[str]:
+    models = (
+        ("all_rights", "every source module (all rights)"),
+        ("union_data", "modules trained on the union of the data"),
+        ("part0_only", "part-0 modules only (rights: part0)"),
+    )
+    out = section(
+        "Compartments (issue 18): `benchmarks/compartments.py`",
+        f"Each offline task's training data split into {r['sources']} sources; modules "
+        "composed by sum at the alpha validation picks; test accuracy %.",
+        ["model", "alpha", "mean accuracy"],
+        [
+            [label, f"{r[k]['alpha']:g}", pct(r[k]["mean_accuracy"])]
+            for k, label in models
+            if k in r
+        ],
+    )
+    if "gap_points" in r:
+        out.append(f"\nUnion minus compartments: {r['gap_points']:+.2f} points.")
+    if "forget_source" in r:
+        f = r["forget_source"]
+        out.append(
+            f"\n`forget --source` ({', '.join(f['modules'])}): {f['seconds']:.2f} s, rebuilt "
+            f"{', '.join(f['rebuilt']) or 'nothing'}."
+        )
+    if "attribution" in r:
+        out += ["", "| task | own module has the largest share % |", "|---|---|"]
+        out += [
+            f"| {t} | {pct(v['own_module_largest_share'])} |" for t, v in r["attribution"].items()
+        ]
+    if "linearity" in r:
+        out += [
+            "",
+            "| module | gap at alpha 1 % | agreement at alpha 1 % | normalised in the sum % | "
+            "mean disentanglement error |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in r["linearity"].items():
+            out.append(
+                f"| {name} | {pct(v['gap']['1.0'] if '1.0' in v['gap'] else v['gap'][1.0])} | "
+                f"{pct(v['agreement']['1.0'] if '1.0' in v['agreement'] else v['agreement'][1.0])} | "
+                f"{pct(v['normalized_in_sum'])} | {v['mean_disentanglement_error']:.3f} |"
+            )
+    return out + [""]
+
+
 def main() -> None:
     lines = [
         "# Measured results",
@@ -305,6 +512,11 @@ def main() -> None:
         ("tangent_cost", tangent_cost),
         ("offline_last_blocks", last_blocks),
         ("inference_cost", inference_cost),
+        ("import_memory", import_memory),
+        ("merge_speed", merge_speed),
+        ("methods", methods),
+        ("masks", masks),
+        ("compartments", compartments),
     ):
         result = load(name)
         if result:

@@ -106,10 +106,15 @@ print(json.dumps({{"seconds": seconds, "peak_above_baseline": peak_rss_bytes() -
 """
 
 
-def prepare(count: int) -> tuple[Pool, list[str]]:
+def prepare(
+    count: int, root: Path = POOL, tasks: list[str] | None = None
+) -> tuple[Pool, list[str]]:
+    """`count` random modules m0, m1, ... of the base's image tower (tasks in turn from
+    `tasks`, mnist by default), and no composition."""
     import torch
 
-    pool = Pool.open_or_create(POOL, BASE)
+    pool = Pool.open_or_create(root, BASE)
+    tasks = tasks or ["mnist"]
     names = [f"m{i}" for i in range(count)]
     for i, name in enumerate(names):
         if not pool.exists(name):
@@ -118,7 +123,7 @@ def prepare(count: int) -> tuple[Pool, list[str]]:
                 k: 1e-3 * torch.randn(shape, generator=generator)
                 for k, (shape, _) in pool.manifest.items()
             }
-            pool.save_module(name, delta, "mnist", "nonlinear")
+            pool.save_module(name, delta, tasks[i % len(tasks)], "nonlinear")
             print("wrote", name, flush=True)
     for entry in pool.entries():
         if entry.type == "composition":

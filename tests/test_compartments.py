@@ -222,3 +222,25 @@ def test_linearity_gap(clip_pool, capsys):
         capsys,
     )
     assert code == 0 and "linearisation gap" in out
+
+
+def test_explain_one_image(clip_pool, tmp_path, capsys):
+    from PIL import Image
+
+    for i, task in enumerate(("digits", "mnist")):
+        clip_pool.save_module(task, delta(clip_pool, 40 + i, 5e-2), task, "tangent")
+    clip_pool.compose(["digits", "mnist"], "both", "mean")
+    pixels = (torch.rand(20, 24, 3, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    Image.fromarray(pixels.numpy()).save(tmp_path / "x.png")
+    p = ["--pool", str(clip_pool.root), "explain", "both", "--task", "digits"]
+    code, out, err = run_cli(
+        [*p, "--image", str(tmp_path / "x.png"), "-o", str(tmp_path / "e.png"), "--json"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["examples"] == 1 and result["method"] == "exact"
+    example = result["per_example"][0]
+    assert abs(example["base_share"] + sum(example["shares"].values()) - example["logit"]) < 1e-5
+    assert (tmp_path / "e.png").exists() and (tmp_path / "e.json").exists()
+    code, _, err = run_cli([*p, "--image", str(tmp_path / "missing.png")], capsys)
+    assert code == 1 and "cannot read the image" in err

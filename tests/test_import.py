@@ -383,3 +383,28 @@ def test_hostile_and_foreign_checkpoints_are_refused(pool, tmp_path, capsys):
     assert not Path("/tmp/modpool-import-pwned-2").exists()
     code, out, err = run_cli([*p, "import", str(good), "--task", "digits", "--dry-run"], capsys)
     assert code == 0 and "would import" in out and snapshot(pool.root) == before
+
+
+def test_timm_checkpoint_into_a_timm_pool(offline_pool, tmp_path):
+    """A timm run of the offline base (classifier head, DDP prefix) imports as a module."""
+    tower = offline_pool.base.tower
+    generator = torch.Generator().manual_seed(0)
+    delta = {
+        n: 1e-4 * torch.randn(p.shape, generator=generator) for n, p in tower.named_parameters()
+    }
+    state = {f"module.{k}": v.clone() for k, v in tower.state_dict().items()}
+    for name, d in delta.items():
+        state[f"module.{name}"] += d
+    state["module.classifier.weight"] = torch.zeros(10, 1280)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "run.pth")
+    entry = offline_pool.import_checkpoint(tmp_path / "run.pth", "digits", "timm-run")[0]
+    info = entry.meta["imported_from"]
+    assert info["mapped"] == len(delta) and info["notes"] == []
+    assert info["dropped"] == {"heads": 1, "batch-norm statistics": 147}
+    back = offline_pool.read("timm-run").tensors
+    assert max(float((back[n] - delta[n]).abs().max()) for n in delta) < 1e-6
+    stats = next(k for k in state if k.endswith("running_mean"))
+    state[stats] = state[stats] + 1.0
+    torch.save(state, tmp_path / "run2.pt")
+    notes = offline_pool.import_checkpoint(tmp_path / "run2.pt", "digits", "timm-run2")[0].meta
+    assert "BatchNorm statistics differ" in notes["imported_from"]["notes"][0]

@@ -57,10 +57,18 @@ def test_search_via_cli_stores_table(two_modules, capsys):
     assert [r["alpha"] for r in entry["search"]["rows"]] == [0.0, 0.5, 1.0]
     best = max(entry["search"]["rows"], key=lambda r: r["mean_normalized"])
     assert entry["recipe"]["ingredients"][0]["alpha"] == best["alpha"]
-    code, out, _ = run_cli(
+    assert entry["search"]["best_at_edge"] == (best["alpha"] == 1.0)
+    code, out, err = run_cli(
         [*p, "add", "d", "m", "-o", "best2", "--search", "--grid", "0,1"], capsys
     )
     assert code == 0 and "alpha search" in out
+    at_edge = two_modules.entry("best2").meta["search"]["best_at_edge"]
+    assert at_edge == ("is the grid's largest: a wider grid may do better" in err)
+    worst = min(entry["search"]["rows"], key=lambda r: r["mean_normalized"])["alpha"]
+    grid = f"{min(worst, best['alpha'])},{max(worst, best['alpha'])}"  # best is known
+    code, _, err = run_cli([*p, "add", "d", "m", "-o", "best3", "--search", "--grid", grid], capsys)
+    note = f"the best alpha, {best['alpha']:g}, is the grid's largest"
+    assert code == 0 and (note in err) == (best["alpha"] > worst)
 
 
 def test_negation_search_respects_control(two_modules, capsys):

@@ -165,28 +165,34 @@ def save_analysis(result: dict, prefix: Path) -> tuple[Path, Path | None]:
     iou = [[1.0 if a == b else result["pairs"][f"{a}|{b}"]["iou"] for b in names] for a in names]
     base = result["removal"]["none"]
     drop = [[100 * (result["removal"][x][y] - base[y]) for y in names] for x in names]
+    worst = max(1e-6, *(abs(v) for row in drop for v in row))  # white at no change
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
-    for ax, values, title, cmap in (
-        (axes[0], iou, "mask IoU", "viridis"),
-        (axes[1], drop, "accuracy change (points)\nrow: exclusive weights removed", "RdBu"),
-    ):
-        image = ax.imshow(values, cmap=cmap)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_title(title)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.2f}" if cmap == "viridis" else f"{v:+.1f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                )
-        fig.colorbar(image, ax=ax)
+    image = _heat_map(axes[0], iou, names, "mask IoU", "viridis", 0.0, 1.0, "{:.2f}")
+    fig.colorbar(image, ax=axes[0])
+    title = "accuracy change, points\n(row: its exclusive weights removed)"
+    image = _heat_map(axes[1], drop, names, title, "RdBu", -worst, worst, "{:+.1f}")
+    fig.colorbar(image, ax=axes[1])
     fig.tight_layout()
     png = prefix.with_suffix(".png")
     fig.savefig(png)
     plt.close(fig)
     return json_path, png
+
+
+def _heat_map(ax, values, names, title, cmap, low, high, spelling):
+    """One annotated matrix, white text where the colour is dark."""
+    image = ax.imshow(values, cmap=cmap, vmin=low, vmax=high)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title(title, fontsize=10)
+    middle = (low + high) / 2
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            dark = (
+                v < low + 0.6 * (high - low)
+                if cmap == "viridis"
+                else abs(v - middle) > 0.6 * (high - middle)
+            )
+            ax.text(j, i, spelling.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+    return image

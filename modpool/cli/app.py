@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 state: dict = {}
 
@@ -120,7 +121,7 @@ def parse_grid(grid: str | None) -> list[float] | None:
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
     sys.exit(1)
 
 
@@ -139,5 +140,5 @@ def main() -> None:
             "(or completed) when the pool is next used; fix the cause and run the command again"
         )
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; the pool is unchanged by the unfinished step")
+        err.print("interrupted; the pool is unchanged by the unfinished step")
         sys.exit(130)

@@ -16,6 +16,7 @@ from .app import (
     OutOpt,
     app,
     emit,
+    err,
     open_pool,
     out,
     parse_grid,
@@ -59,6 +60,12 @@ def _composed(entry, as_json: bool, rows=None, negation: bool = False) -> None:
         f"stored composition [bold]{entry.name}[/] ({entry.kind}{aware}) = "
         f"{recipe['method']}({parts})",
     )
+    if not as_json and searched.get("best_at_edge"):
+        top = searched["best_alpha"]
+        err.print(
+            f"[yellow]note:[/] the best alpha, {top:g}, is the grid's largest: a wider grid "
+            f"may do better (--grid 0:{2 * top:g}:{top / 10:g})"
+        )
 
 
 def lambda_table(found: dict) -> Table:

@@ -233,9 +233,9 @@ def mask(
     ] = None,
     beta: Annotated[
         float, typer.Option(help="Weight of the mean logit: how hard unneeded weights go.")
-    ] = 1.0,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs instead of steps (2).")] = None,
+    ] = 0.5,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (300).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs instead of steps.")] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate on the logits.")] = 1e-2,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for data order and Gumbel noise.")] = 0,
@@ -257,7 +257,7 @@ def mask(
     if steps is not None:
         cfg.steps, cfg.epochs = steps, None
     elif epochs is not None:
-        cfg.epochs = epochs
+        cfg.steps, cfg.epochs = None, epochs
     pool = Pool(state["pool"], state["data_root"])
     entry = pool.mask(name, task, on_base, output, cfg, state["progress"], checkpoint_every, resume)
     info = entry.meta["mask"]

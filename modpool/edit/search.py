@@ -235,7 +235,8 @@ def compose_searched(
 ):
     """Search on validation, then store the composition with the search tables. tall: the
     lambda of each task (alpha stays 1); consensus: the lambdas, then alpha; the others:
-    alpha over the method's grid."""
+    alpha over the method's grid. `best_at_edge` in the tables: the best alpha was the
+    grid's largest, so a wider grid may do better."""
     pool.require_new(output)
     params = dict(params or {})
     tables: dict = {"split": split}
@@ -250,6 +251,7 @@ def compose_searched(
             pool, names, grid, method, params, seed, split, show_progress, device
         )
         tables |= {"best_alpha": alpha, "rows": [r.to_dict() for r in rows]}
+        tables["best_at_edge"] = len(rows) > 1 and alpha == max(r.alpha for r in rows)
     entry = pool.compose(names, output, method, alpha, params, seed, tables, dtype, device, allow)
     return entry, rows
 

@@ -39,6 +39,7 @@ BATCH_FILES = {  # the task-vectors and TALL-masks / TSV layouts
     "linear_finetuned.pt": "tangent",
 }
 DROPPED_GROUPS = (
+    ("batch-norm statistics", r"(running_mean|running_var|num_batches_tracked)$"),
     (
         "text tower",
         r"(^|\.)(transformer|token_embedding|ln_final|text_projection|text_model)\.|"
@@ -177,6 +178,7 @@ def plan_import(
 
 
 def _plan(pool, path, checkpoint, task, name, mode, max_distance, taken) -> ImportPlan:
+    notes: list[str] = []
     if task is None:
         raise ModpoolError(
             f"{path.name} is a {checkpoint.format}: say which task it was fine-tuned on with "
@@ -194,8 +196,9 @@ def _plan(pool, path, checkpoint, task, name, mode, max_distance, taken) -> Impo
         kind = "tangent"
         _check_origin(origin, tower, path.name)
     else:
-        finetuned, dropped = _match_tower(checkpoint, tower, pool, path.name)
+        finetuned, dropped, prefix = _match_tower(checkpoint, tower, pool, path.name)
         origin, kind = {n: _Held(tower[n]) for n in finetuned}, mode or "nonlinear"
+        notes += _statistics_notes(checkpoint, pool, prefix)
     missing = sorted(set(tower) - set(finetuned))
     distance = _distance(finetuned, origin)
     if distance > max_distance:
@@ -218,7 +221,7 @@ def _plan(pool, path, checkpoint, task, name, mode, max_distance, taken) -> Impo
         dropped=checkpoint.dropped + dropped,
         missing=missing,
         distance=distance,
-        notes=_activation_notes(checkpoint, pool),
+        notes=notes + _activation_notes(checkpoint, pool),
         checkpoint=checkpoint,
     )
 
@@ -285,7 +288,7 @@ def _match_tower(
     if wrong:
         raise ModpoolError(_not_this_base(pool, checkpoint, where, (prefix, wrong)))
     used = {prefix + n for n in found}
-    return found, [k for k in names if k not in used]
+    return found, [k for k in names if k not in used], prefix
 
 
 def _from_lists(checkpoint: Checkpoint, tower_module, where: str):
@@ -367,6 +370,24 @@ def _not_this_base(pool: Pool, checkpoint: Checkpoint, where: str, wrong) -> str
     return (
         f"{where} ({checkpoint.format}) is not a checkpoint of {pool.config['base']}: {what}{seems}"
     )
+
+
+def _statistics_notes(checkpoint: Checkpoint, pool: Pool, prefix: str) -> list[str]:
+    """A module is a pure weight delta: modpool keeps the base's BatchNorm statistics. Say so
+    when the checkpoint's differ (it was trained with them updating)."""
+    differ = [
+        name
+        for name, buffer in pool.base.tower.named_buffers()
+        if prefix + name in checkpoint.tensors
+        and buffer.is_floating_point()
+        and not torch.equal(checkpoint.tensors[prefix + name].load().to(buffer.dtype), buffer)
+    ]
+    if not differ:
+        return []
+    return [
+        f"{len(differ)} BatchNorm statistics differ from the base's (the run updated them); "
+        "a module keeps the base's, so its effect may differ from the checkpoint's"
+    ]
 
 
 def _activation_notes(checkpoint: Checkpoint, pool: Pool) -> list[str]:

@@ -4,7 +4,7 @@ pool.json               base spec, fingerprint, parameter manifest, settings
 heads/<task>.safetensors
 modules/<name>.safetensors
 compositions/<name>.safetensors
-checkpoints/<name>.safetensors   an interrupted finetune, until it finishes
+checkpoints/<name>.safetensors   an interrupted finetune or mask, until it finishes
 evals.jsonl             every evaluation (also the cache for repeated ones)
 hashes.jsonl            a cache of file hashes (see hashes.py)
 audit.jsonl             every change: finetune, compose, import, forget

@@ -48,15 +48,8 @@ def save_module(
         tensors |= {f"{EXTRA_PREFIX}{k}": v.to(torch.bfloat16) for k, v in fisher.items()}
     extra = {"hparams": hparams or {}, "seed": str(seed), "metrics": metrics or {}}
     meta = module_meta(pool, task, kind, mode, extra | (extra_meta or {}), storage)
-    data = to_bytes(tensors, meta, storage)
-    with pool.change() as txn:
-        pool.require_new(name)
-        pool.stage(txn, f"modules/{name}.safetensors", data)
-        record = {"action": "add-module", "name": name, "sha256": digest(data)}
-        txn.log({"time": now(), **record, "task": task, "kind": kind})
-        for extra_file in cleanup or []:
-            txn.delete(extra_file)
-    return pool.entry(name)
+    record = {"action": "add-module", "task": task, "kind": kind}
+    return _store(pool, name, to_bytes(tensors, meta, storage), record, cleanup)
 
 
 def save_masked_module(
@@ -79,12 +72,17 @@ def save_masked_module(
     for key, value in delta.items():
         tensors |= encode_masked(key, value, masks[key])
     meta = module_meta(pool, task, kind, mode, {"mask": mask_meta})
-    data = to_bytes(tensors, meta)
+    record = {"action": "add-mask", "task": task, "of": mask_meta.get("of")}
+    return _store(pool, name, to_bytes(tensors, meta), record, cleanup)
+
+
+def _store(pool: Pool, name: str, data: bytes, record: dict, cleanup: list[str] | None) -> Entry:
+    """One change: the new module file, its audit record, and the files it makes obsolete
+    (a finished run's checkpoint)."""
     with pool.change() as txn:
         pool.require_new(name)
         pool.stage(txn, f"modules/{name}.safetensors", data)
-        record = {"action": "add-mask", "name": name, "sha256": digest(data)}
-        txn.log({"time": now(), **record, "task": task, "of": mask_meta.get("of")})
+        txn.log({"time": now(), "name": name, "sha256": digest(data), **record})
         for extra_file in cleanup or []:
             txn.delete(extra_file)
     return pool.entry(name)

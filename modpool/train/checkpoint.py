@@ -24,6 +24,11 @@ FORMAT = "modpool-checkpoint/1"
 KEYS = ("theta", "exp_avg", "exp_avg_sq")
 
 
+def checkpoint_rel(name: str) -> str:
+    """Where, relative to the pool's root, an interrupted run that makes `name` waits."""
+    return f"checkpoints/{name}.safetensors"
+
+
 @dataclass
 class TrainState:
     step: int

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import ModpoolError
 from ..store.encoding import Storage
 from ..store.layout import PUBLIC, Entry, default_module_name, labels, name_candidates
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, checkpoint_rel
 from .distributed import world
 from .loop import TrainConfig, check_config, defaults_for, fit, total_steps
 
@@ -107,10 +107,6 @@ def _store(pool, name, task, cfg, result, plan, world_size, storage, compartment
 def compartment_meta(task: str, source: str | None, access) -> dict:
     """A module's `source` (its task unless told) and `access` labels (public unless told)."""
     return {"source": source or task, "access": labels(access) or [PUBLIC]}
-
-
-def checkpoint_rel(name: str) -> str:
-    return f"checkpoints/{name}.safetensors"
 
 
 def module_name(pool: Pool, task: str, mode: str, resume: bool = False) -> str:

@@ -19,7 +19,7 @@ from ..errors import ModpoolError
 from ..store.layout import Entry, check_name
 from ..store.modules import save_masked_module
 from ..tasks import canonical_name
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, checkpoint_rel
 from .loop import total_steps
 from .masking import MaskConfig, kept_fractions, learn_mask
 
@@ -68,7 +68,7 @@ def mask(
         "seconds": result.seconds,
     }
     delta, stored = _masked_delta(pool, artifact, result.masks)
-    checkpoint = f"checkpoints/{output}.safetensors"
+    checkpoint = checkpoint_rel(output)
     cleanup = [checkpoint] if (pool.root / checkpoint).exists() else None
     return save_masked_module(pool, output, delta, stored, task, kind, mode, meta, cleanup)
 
@@ -105,5 +105,5 @@ def _checkpointer(pool, output, cfg, examples, every, resume, name, task) -> Che
     steps = total_steps(cfg, examples)
     every = max(50, steps // 10) if every is None else every
     config = cfg.to_dict() | {"of": name or "base", "task": task}
-    path = pool.root / f"checkpoints/{output}.safetensors"
+    path = pool.root / checkpoint_rel(output)
     return Checkpointer(path, every, config, resume, pool.root / ".lock")
