@@ -325,6 +325,7 @@ def merge_speed(r: dict) -> list[str]:
         [
             row["method"],
             f"{row['seconds']:.2f}",
+            _spread(r["runs"][row["method"]]),
             f"{row['time_over_sum']:.1f}x",
             f"{row['peak_over_module']:.2f}x",
         ]
@@ -335,9 +336,14 @@ def merge_speed(r: dict) -> list[str]:
         f"One compose of {r['modules']} random ViT-B/32-size modules "
         f"({r['module_bytes'] / 2**20:.0f} MiB each), fresh interpreter, page cache warm; "
         f"medians; SVDs on {r['device']}.",
-        ["method", "seconds", "time / sum", "peak / one module"],
+        ["method", "seconds", "rounds, s", "time / sum", "peak / one module"],
         rows,
     )
+
+
+def _spread(runs: list[dict]) -> str:
+    """Every round's time: how noisy the machine was."""
+    return ", ".join(f"{run['seconds']:.1f}" for run in runs)
 
 
 def methods(r: dict) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .base import Parts, Source
@@ -33,7 +32,8 @@ def threshold(values: torch.Tensor, density: float) -> float:
         return 0.0
     if zeros > flat.numel() // 4:  # select among the nonzero entries only
         array, rank = array[array != 0], rank - zeros
-    return float(np.partition(array, rank - 1)[rank - 1])
+    array.partition(rank - 1)  # in place: `flat` is this function's own copy
+    return float(array[rank - 1])
 
 
 def global_threshold(source: Source, density: float) -> float:
