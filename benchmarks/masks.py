@@ -61,6 +61,16 @@ def composed(pool: Pool, names: list[str], output: str) -> dict:
     }
 
 
+def analysed(pool: Pool, masks: list[str], prefix: Path) -> dict:
+    """The analysis of `masks` (its JSON and heat maps at `prefix`), less the per-tensor
+    pair figures, for the results file."""
+    analysis = pool.mask_analysis(masks, "test", show_progress=False)
+    save_analysis(analysis, prefix)
+    summary = {k: analysis[k] for k in ("kept", "removal", "tasks")}
+    pairs = analysis["pairs"].items()
+    return summary | {"pairs": {p: {"iou": v["iou"], "shared": v["shared"]} for p, v in pairs}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=Path, default=Path(__file__).parent / ".pools" / "merge")
@@ -94,21 +104,11 @@ def main() -> None:
         write("masks", result)
     result["compose_full"] = composed(pool, names, "bench-full-sum")
     result["compose_masked"] = composed(pool, masked, "bench-masked-sum")
-    analysis = pool.mask_analysis(masked, "test", show_progress=False)
-    save_analysis(analysis, DOCS / "masks")
-    result["analysis"] = {k: analysis[k] for k in ("kept", "removal", "tasks")}
-    result["analysis"]["pairs"] = {
-        pair: {"iou": v["iou"], "shared": v["shared"]} for pair, v in analysis["pairs"].items()
-    }
+    result["analysis"] = analysed(pool, masked, DOCS / "masks")
     write("masks", result)
     if not args.no_base:
         bases = [learn(pool, None, task, cfg, on_base=True) for task in OFFLINE]
-        base_analysis = pool.mask_analysis(bases, "test", show_progress=False)
-        save_analysis(base_analysis, DOCS / "masks-base")
-        result["base_analysis"] = {k: base_analysis[k] for k in ("kept", "removal", "tasks")}
-        result["base_analysis"]["pairs"] = {
-            p: {"iou": v["iou"], "shared": v["shared"]} for p, v in base_analysis["pairs"].items()
-        }
+        result["base_analysis"] = analysed(pool, bases, DOCS / "masks-base")
     write("masks", result)
 
 

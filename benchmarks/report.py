@@ -405,27 +405,26 @@ def _specialisation(a: dict) -> str:
 
 
 def masks(r: dict) -> list[str]:
-    out = [
-        "## Weight masks (issue 17): `benchmarks/masks.py`",
-        "",
-        f"beta {r['config']['beta']:g}, "
-        + (
-            f"{r['config']['steps']} steps"
-            if r["config"]["steps"]
-            else f"{r['config']['epochs']:g} epochs"
-        )
-        + ", Adam lr "
-        f"{r['config']['lr']:g}; test accuracy %.",
-        "",
-        "| module | kept % | accuracy full | accuracy masked | points lost | file KiB full / masked |",
-        "|---|---|---|---|---|---|",
+    cfg = r["config"]
+    length = f"{cfg['steps']} steps" if cfg["steps"] else f"{cfg['epochs']:g} epochs"
+    rows = [
+        [
+            name,
+            pct(row["kept"]),
+            pct(row["accuracy_full"]),
+            pct(row["accuracy_masked"]),
+            f"{row['points_lost']:+.2f}",
+            f"{row['bytes_full'] / 1024:.0f} / {row['bytes_masked'] / 1024:.0f}",
+        ]
+        for name, row in r["modules"].items()
     ]
-    for name, row in r["modules"].items():
-        out.append(
-            f"| {name} | {pct(row['kept'])} | {pct(row['accuracy_full'])} | "
-            f"{pct(row['accuracy_masked'])} | {row['points_lost']:+.2f} | "
-            f"{row['bytes_full'] / 1024:.0f} / {row['bytes_masked'] / 1024:.0f} |"
-        )
+    columns = ["module", "kept %", "accuracy full", "accuracy masked", "points lost"]
+    out = section(
+        "Weight masks (issue 17): `benchmarks/masks.py`",
+        f"beta {cfg['beta']:g}, {length}, Adam lr {cfg['lr']:g}; test accuracy %.",
+        [*columns, "file KiB full / masked"],
+        rows,
+    )
     for label in ("compose_full", "compose_masked"):
         row = r.get(label)
         if row:
@@ -480,23 +479,22 @@ def compartments(r: dict) -> list[str]:
             f"{', '.join(f['rebuilt']) or 'nothing'}."
         )
     if "attribution" in r:
-        out += ["", "| task | own module has the largest share % |", "|---|---|"]
-        out += [
-            f"| {t} | {pct(v['own_module_largest_share'])} |" for t, v in r["attribution"].items()
-        ]
+        shares = [[t, pct(v["own_module_largest_share"])] for t, v in r["attribution"].items()]
+        out += ["", *table(["task", "own module has the largest share %"], shares)]
     if "linearity" in r:
-        out += [
-            "",
-            "| module | gap at alpha 1 % | agreement at alpha 1 % | normalised in the sum % | "
-            "mean disentanglement error |",
-            "|---|---|---|---|---|",
+        rows = [
+            [
+                name,
+                pct(v["gap"]["1.0"]),
+                pct(v["agreement"]["1.0"]),
+                pct(v["normalized_in_sum"]),
+                f"{v['mean_disentanglement_error']:.3f}",
+            ]
+            for name, v in r["linearity"].items()
         ]
-        for name, v in r["linearity"].items():
-            out.append(
-                f"| {name} | {pct(v['gap']['1.0'] if '1.0' in v['gap'] else v['gap'][1.0])} | "
-                f"{pct(v['agreement']['1.0'] if '1.0' in v['agreement'] else v['agreement'][1.0])} | "
-                f"{pct(v['normalized_in_sum'])} | {v['mean_disentanglement_error']:.3f} |"
-            )
+        columns = ["module", "gap at alpha 1 %", "agreement at alpha 1 %"]
+        columns += ["normalised in the sum %", "mean disentanglement error"]
+        out += ["", *table(columns, rows)]
     return out + [""]
 
 

@@ -9,7 +9,6 @@ and every grid point costs only the heads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from ..model.accuracy import EVAL_BATCH
 from ..model.edited import EditedModel
 from ..progress import bar
 from ..tasks import batches
-from .figures import pyplot
+from .figures import save_beside
 
 DEFAULT_GRID = [round(-3 + 0.5 * i, 2) for i in range(13)]
 
@@ -123,30 +122,25 @@ def _tangent_grid(pool, taus, heads, data, grid, show_progress) -> torch.Tensor:
 def save_map(result: dict, png: Path) -> tuple[Path | None, Path]:
     """Write the numbers as JSON and the heat map as PNG beside it (None without
     matplotlib)."""
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    json_path = png.with_suffix(".json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    plt = pyplot()
-    if plt is None:
-        return None, json_path
     alphas = result["alphas"]
-    fig, ax = plt.subplots(figsize=(5, 4.2), dpi=100)
-    image = ax.imshow(
-        torch.tensor(result["error"]).T.numpy(),
-        origin="lower",
-        cmap="viridis",
-        extent=(alphas[0], alphas[-1], alphas[0], alphas[-1]),
-        vmin=0,
-        vmax=2,
-        aspect="auto",
-    )
-    a, b = result["modules"]
-    ax.set_xlabel(f"alpha_1 ({a})")
-    ax.set_ylabel(f"alpha_2 ({b})")
-    ax.set_title(f"disentanglement error, {result['kind']}")
-    fig.colorbar(image, ax=ax, label="error (sum over both tasks)")
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png, json_path
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 4.2), dpi=100)
+        image = ax.imshow(
+            torch.tensor(result["error"]).T.numpy(),
+            origin="lower",
+            cmap="viridis",
+            extent=(alphas[0], alphas[-1], alphas[0], alphas[-1]),
+            vmin=0,
+            vmax=2,
+            aspect="auto",
+        )
+        a, b = result["modules"]
+        ax.set_xlabel(f"alpha_1 ({a})")
+        ax.set_ylabel(f"alpha_2 ({b})")
+        ax.set_title(f"disentanglement error, {result['kind']}")
+        fig.colorbar(image, ax=ax, label="error (sum over both tasks)")
+        return fig
+
+    json_path, written = save_beside(result, png, draw)
+    return written, json_path

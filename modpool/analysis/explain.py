@@ -29,7 +29,7 @@ from ..model.edited import EditedModel
 from ..model.forward import jvp
 from ..tasks import batches
 from ..tasks.task import take
-from .figures import pyplot
+from .figures import save_beside
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -208,21 +208,18 @@ def _batches(images):
     yield from batches(images, EVAL_BATCH)
 
 
-def save_chart(result: dict, png: Path) -> Path | None:
-    """A bar chart of each ingredient's mean share (exact) or accuracy lost (leave-one-out)."""
-    plt = pyplot()
-    if plt is None:
-        return None
+def save_chart(result: dict, png: Path) -> tuple[Path, Path | None]:
+    """The numbers as JSON, and a bar chart PNG beside them (None without matplotlib) of
+    each ingredient's mean share (exact) or accuracy lost (leave-one-out)."""
     exact = result["method"] == "exact"
     values = result["mean_share"] if exact else result["accuracy_drop"]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.bar(list(values), [v if exact else 100 * v for v in values.values()])
-    ax.set_ylabel("mean share of the predicted logit" if exact else "accuracy lost (points)")
-    ax.set_title(f"{result['name']} on {result['task']} ({result['method']})")
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        ax.bar(list(values), [v if exact else 100 * v for v in values.values()])
+        ax.set_ylabel("mean share of the predicted logit" if exact else "accuracy lost (points)")
+        ax.set_title(f"{result['name']} on {result['task']} ({result['method']})")
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+        return fig
+
+    return save_beside(result, png, draw)

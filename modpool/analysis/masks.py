@@ -15,7 +15,6 @@ over the base):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ import torch
 from ..errors import ModpoolError
 from ..model.accuracy import accuracy
 from ..model.edited import EditedModel
-from .figures import pyplot
+from .figures import save_beside
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -154,29 +153,22 @@ def _remove(pool: Pool, delta: dict | None, cut: dict | None, on_base: bool) -> 
 def save_analysis(result: dict, prefix: Path) -> tuple[Path, Path | None]:
     """JSON of everything, and a PNG of the IoU and removal matrices (None without
     matplotlib)."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path = prefix.with_suffix(".json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    plt = pyplot()
-    if plt is None:
-        return json_path, None
     names = result["masks"]
     iou = [[1.0 if a == b else result["pairs"][f"{a}|{b}"]["iou"] for b in names] for a in names]
     base = result["removal"]["none"]
     drop = [[100 * (result["removal"][x][y] - base[y]) for y in names] for x in names]
     worst = max(1e-6, *(abs(v) for row in drop for v in row))  # white at no change
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
-    image = _heat_map(axes[0], iou, names, "mask IoU", "viridis", 0.0, 1.0, "{:.2f}")
-    fig.colorbar(image, ax=axes[0])
-    title = "accuracy change, points\n(row: its exclusive weights removed)"
-    image = _heat_map(axes[1], drop, names, title, "RdBu", -worst, worst, "{:+.1f}")
-    fig.colorbar(image, ax=axes[1])
-    fig.tight_layout()
-    png = prefix.with_suffix(".png")
-    fig.savefig(png)
-    plt.close(fig)
-    return json_path, png
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+        image = _heat_map(axes[0], iou, names, "mask IoU", "viridis", 0.0, 1.0, "{:.2f}")
+        fig.colorbar(image, ax=axes[0])
+        title = "accuracy change, points\n(row: its exclusive weights removed)"
+        image = _heat_map(axes[1], drop, names, title, "RdBu", -worst, worst, "{:+.1f}")
+        fig.colorbar(image, ax=axes[1])
+        return fig
+
+    return save_beside(result, Path(prefix).with_suffix(".png"), draw)
 
 
 def _heat_map(ax, values, names, title, cmap, low, high, spelling):

@@ -170,10 +170,7 @@ def explain(
     from ..analysis.figures import PLOT_EXTRA
 
     result = open_pool().explain(name, task, split, limit, image, state["progress"])
-    png = output or Path(f"explain-{result['name']}-{result['task']}.png")
-    png.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
-    png.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    chart = save_chart(result, png)
+    js, chart = save_chart(result, output or Path(f"explain-{result['name']}-{result['task']}.png"))
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -181,9 +178,7 @@ def explain(
     if image is not None and result["method"] == "exact":
         first = result["per_example"][0]
         out.print(f"{image}: predicted {first['predicted']} (logit {first['logit']:.3f})")
-    out.print(
-        f"wrote {png.with_suffix('.json')}" + (f" and {chart}" if chart else f" ({PLOT_EXTRA})")
-    )
+    out.print(f"wrote {js}" + (f" and {chart}" if chart else f" ({PLOT_EXTRA})"))
 
 
 def explain_table(result: dict) -> Table:

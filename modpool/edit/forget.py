@@ -88,10 +88,7 @@ def _record(pool: Pool, report: ForgetReport, targets: list[Entry], source: str 
 
 def modules_of_source(pool: Pool, source: str) -> list[Entry]:
     """The modules trained (or imported) on data from `source`, masks aside."""
-    found = [
-        e for e in pool.entries()
-        if e.type == "module" and not e.meta.get("mask") and e.source == source
-    ]  # fmt: skip
+    found = [e for e in pool.entries() if e.trained_module and e.source == source]
     if not found:
         known = sorted({e.source for e in pool.entries() if e.type == "module"})
         raise ModpoolError(
@@ -141,7 +138,7 @@ def fisher_dependents(pool: Pool, name: str) -> list[str]:
 
 def masks_of(pool: Pool, name: str) -> list[str]:
     """The masked modules made from module `name`."""
-    return [e.name for e in pool.entries() if (e.meta.get("mask") or {}).get("of") == name]
+    return [e.name for e in pool.entries() if e.mask_of == name]
 
 
 def dependents_in_order(pool: Pool, names: str | set[str]) -> list[Entry]:

@@ -41,7 +41,4 @@ def require_usable(pool: Pool, names: list[str] | str, rights: list[str]) -> Non
 
 def allowed_modules(pool: Pool, rights: list[str]) -> list[str]:
     """Every module (masks aside) a holder of `rights` may use, by name."""
-    return [
-        e.name for e in pool.entries()
-        if e.type == "module" and not e.meta.get("mask") and usable(pool, e, rights)
-    ]  # fmt: skip
+    return [e.name for e in pool.entries() if e.trained_module and usable(pool, e, rights)]

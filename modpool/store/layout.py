@@ -144,6 +144,17 @@ class Entry:
         """The access labels of a module's data: a holder of any of them may use it."""
         return list(self.meta.get("access") or [PUBLIC])
 
+    @property
+    def mask_of(self) -> str | None:
+        """What a masked module was made from (a module's name, or "base"); None for any
+        other entry."""
+        return (self.meta.get("mask") or {}).get("of")
+
+    @property
+    def trained_module(self) -> bool:
+        """A module in its own right: not a composition, not a mask made from one."""
+        return self.type == "module" and self.mask_of is None
+
 
 def tasks_of(meta: dict) -> list[str]:
     """The tasks an artifact serves: its own task, or its composition's tasks."""

@@ -86,7 +86,7 @@ def _source(pool: Pool, name: str | None, task: str | None, on_base: bool):
     entry = pool.entry(name)
     if entry.type != "module":
         raise ModpoolError(f"{entry.name} is a composition: mask its modules")
-    if entry.meta.get("mask"):
+    if entry.mask_of is not None:
         raise ModpoolError(f"{entry.name} is already a mask")
     task = canonical_name(task) if task else entry.meta["task"]
     return entry, entry.kind, entry.meta["mode"], task
