@@ -222,6 +222,10 @@ def test_linearity_gap(clip_pool, capsys):
         capsys,
     )
     assert code == 0 and "linearisation gap" in out
+    code, _, err = run_cli(
+        ["--pool", str(clip_pool.root), "linearity", "non", "--limit", "0"], capsys
+    )
+    assert code == 2 and "--limit" in err and "Traceback" not in err
 
 
 def test_explain_one_image(clip_pool, tmp_path, capsys):

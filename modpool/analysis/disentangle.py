@@ -18,6 +18,7 @@ from ..model.accuracy import EVAL_BATCH
 from ..model.edited import EditedModel
 from ..progress import bar
 from ..tasks import batches
+from ..tasks.task import limited
 from .figures import save_beside
 
 DEFAULT_GRID = [round(-3 + 0.5 * i, 2) for i in range(13)]
@@ -43,14 +44,7 @@ def disentanglement(
         raise ModpoolError("disentanglement compares two single-task modules")
     taus = [a.tensors for a in artifacts]
     heads = [pool.head(pool.task(t)) for t in tasks]
-    data = []
-    for t in tasks:
-        dataset = pool.task(t).load(split, pool.base.image_size)
-        if limit and len(dataset) > limit:
-            from ..tasks.task import take
-
-            dataset = take(dataset, torch.arange(limit))
-        data.append(dataset)
+    data = [limited(pool.task(t).load(split, pool.base.image_size), limit) for t in tasks]
     n = len(grid)
     error = torch.zeros(n, n)
     if kind == "tangent":

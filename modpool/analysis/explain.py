@@ -28,7 +28,7 @@ from ..model.accuracy import EVAL_BATCH
 from ..model.edited import EditedModel
 from ..model.forward import jvp
 from ..tasks import batches
-from ..tasks.task import take
+from ..tasks.task import limited
 from .figures import save_beside
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ def explain(
 def _images(pool: Pool, spec, split, limit, image):
     if image is not None:
         return [(_load_image(Path(image)), -1)]
-    data = spec.load(split, pool.base.image_size)
-    return take(data, torch.arange(min(limit, len(data)))) if limit else data
+    return limited(spec.load(split, pool.base.image_size), limit)
 
 
 def _load_image(path: Path) -> torch.Tensor:

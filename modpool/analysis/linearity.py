@@ -23,7 +23,7 @@ from ..model.delta import edited
 from ..model.forward import jvp, nonlinear_features
 from ..progress import bar
 from ..tasks import batches
-from ..tasks.task import take
+from ..tasks.task import limited
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -46,9 +46,7 @@ def linearity(
     task_name = task or artifact.meta.get("task") or artifact.meta["tasks"][0]
     spec = pool.task(task_name)
     head, base = pool.head(spec), pool.base
-    data = spec.load(split, base.image_size)
-    if limit is not None:
-        data = take(data, torch.arange(min(limit, len(data))))
+    data = limited(spec.load(split, base.image_size), limit)
     params0 = dict(base.trainable())
     tau = artifact.tensors
     sums = {a: {"error": 0.0, "norm": 0.0, "agree": 0} for a in alphas}

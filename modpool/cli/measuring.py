@@ -57,7 +57,9 @@ def disentangle(
         str | None, typer.Option(help="Alpha grid for both axes (default -3:3:0.5).")
     ] = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
-    limit: Annotated[int | None, typer.Option(help="Use at most N examples per task.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Use at most N examples per task.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Weight disentanglement error of two modules over an (alpha_1, alpha_2) grid, as a PNG
@@ -155,7 +157,7 @@ def explain(
     name: Annotated[str, typer.Argument(help="A composition.")],
     task: Annotated[str | None, typer.Option(help="Task (default: its first).")] = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Use at most N examples.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use at most N examples.")] = None,
     image: Annotated[
         Path | None, typer.Option(help="Explain the prediction for one image file instead.")
     ] = None,
@@ -223,7 +225,7 @@ def linearity(
         str | None, typer.Option(help="Coefficients: a,b,c or START:STOP:STEP (0.25,...,2).")
     ] = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
-    limit: Annotated[int | None, typer.Option(help="Use at most N examples.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use at most N examples.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """How far a module is from the tangent regime: the gap between f(theta_0 + alpha tau)

@@ -56,6 +56,13 @@ def take(dataset: Dataset, index: torch.Tensor) -> Dataset:
     return Subset(dataset, index.tolist())
 
 
+def limited(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first `limit` examples (all of them when `limit` is None or covers them)."""
+    if not limit or len(dataset) <= limit:
+        return dataset
+    return take(dataset, torch.arange(limit))
+
+
 def batches(
     dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
