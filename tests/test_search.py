@@ -69,6 +69,12 @@ def test_search_via_cli_stores_table(two_modules, capsys):
     code, _, err = run_cli([*p, "add", "d", "m", "-o", "best3", "--search", "--grid", grid], capsys)
     note = f"the best alpha, {best['alpha']:g}, is the grid's largest"
     assert code == 0 and (note in err) == (best["alpha"] > worst)
+    for bad in ("0:1:0", "0:1:-0.5", "0:inf:1", "a,b"):
+        code, _, err = run_cli(
+            [*p, "add", "d", "m", "-o", "bad", "--search", "--grid", bad], capsys
+        )
+        assert code == 1 and "--grid" in err and "Traceback" not in err, bad
+    assert not two_modules.exists("bad")
 
 
 def test_negation_search_respects_control(two_modules, capsys):

@@ -105,19 +105,26 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+MAX_GRID = 10_000  # points: each one is an evaluation
+
+
 def parse_grid(grid: str | None) -> list[float] | None:
     if grid is None:
         return None
     try:
-        if ":" in grid:
-            start, stop, step = (float(x) for x in grid.split(":"))
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + i * step, 10) for i in range(count)]
-        return [float(x) for x in grid.split(",")]
-    except ValueError:
+        if ":" not in grid:
+            return [float(x) for x in grid.split(",")]
+        start, stop, step = (float(x) for x in grid.split(":"))
+        count = int(round((stop - start) / step)) + 1
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise ModpoolError(
             f"--grid takes START:STOP:STEP or comma-separated values, not {grid!r}"
         ) from None
+    if not 1 <= count <= MAX_GRID:
+        raise ModpoolError(
+            f"--grid {grid}: STEP must lead from START to STOP in at most {MAX_GRID} points"
+        )
+    return [round(start + i * step, 10) for i in range(count)]
 
 
 def fail(message: str) -> None:
